@@ -479,14 +479,7 @@ impl BlockPool {
             let own = self.state_mut(seq).blocks[i];
             match self.registry.get(&hash).copied() {
                 Some(twin) if twin == own => {}
-                Some(twin) => {
-                    // Same KV computed twice: keep the registered copy, free ours.
-                    self.pin(twin, now);
-                    self.blocks[twin.index()].hits += 1;
-                    self.state_mut(seq).blocks[i] = twin;
-                    self.unpin(own, now);
-                    self.stats.deduplicated += 1;
-                }
+                Some(twin) => self.deduplicate(seq, i, own, twin, now),
                 None => self.register(own, hash, parent),
             }
         }
@@ -715,6 +708,34 @@ impl BlockPool {
             return Some(victim);
         }
         None
+    }
+
+    /// Same KV computed twice: block `i` of `seq` (`own`, unregistered) switches to the
+    /// registered `twin`. Forks that share `own` switch too, so that every holder of a block
+    /// has the same predecessor and a child registered later has one well-defined parent.
+    /// (Only forks can hold an unregistered block, always at the same position.)
+    fn deduplicate(&mut self, seq: SequenceId, i: usize, own: BlockId, twin: BlockId, now: u64) {
+        self.swap_block(seq.slot as usize, i, own, twin, now);
+        if self.blocks[own.index()].ref_count == 0 {
+            return;
+        }
+        for slot in 0..self.sequences.len() {
+            let shares = self.sequences[slot]
+                .state
+                .as_ref()
+                .is_some_and(|s| s.blocks.get(i) == Some(&own));
+            if shares {
+                self.swap_block(slot, i, own, twin, now);
+            }
+        }
+    }
+
+    fn swap_block(&mut self, slot: usize, i: usize, own: BlockId, twin: BlockId, now: u64) {
+        self.pin(twin, now);
+        self.blocks[twin.index()].hits += 1;
+        self.sequences[slot].state.as_mut().expect("live").blocks[i] = twin;
+        self.unpin(own, now);
+        self.stats.deduplicated += 1;
     }
 
     fn register(&mut self, block: BlockId, hash: SequenceHash, parent: Option<BlockId>) {

@@ -260,3 +260,29 @@ fn events_can_be_turned_off() {
     p.flush_events(&mut sink);
     assert!(sink.is_empty());
 }
+
+#[test]
+fn deduplication_moves_forks_that_share_the_block_too() {
+    // S computes two blocks and forks before committing; U commits the first block first.
+    let mut p = pool(8, EvictionPolicyKind::Lru);
+    let tokens: Vec<u32> = (0..8).collect();
+    let h = hashes(&tokens);
+    let s = p.match_prefix(&h, 8).sequence;
+    p.append_slots(s, 8).unwrap();
+    let f = p.fork(s).unwrap();
+    let u = p.match_prefix(&h, 8).sequence;
+    p.append_slots(u, 4).unwrap();
+    p.commit_blocks(u, &h[..1]).unwrap();
+    p.commit_blocks(s, &h).unwrap();
+    // The fork follows S onto U's block, so S's second block has one parent for all holders.
+    assert_eq!(p.block_table(f).unwrap(), p.block_table(s).unwrap());
+    assert_eq!(p.block_table(s).unwrap()[0], p.block_table(u).unwrap()[0]);
+    p.check_invariants().unwrap();
+    p.release(u).unwrap();
+    p.release(s).unwrap();
+    p.check_invariants().unwrap();
+    assert_eq!(p.commit_blocks(f, &h).unwrap(), 2);
+    p.release(f).unwrap();
+    p.check_invariants().unwrap();
+    assert_eq!(p.num_available(), 8);
+}
