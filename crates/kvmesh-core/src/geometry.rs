@@ -190,16 +190,22 @@ impl ModelDims {
             return Err(GeometryError::ConfigNotObject);
         }
         let num_layers = required_u32(cfg, &["num_hidden_layers", "n_layer", "num_layers"])?;
-        let num_query_heads =
-            required_u32(cfg, &["num_attention_heads", "n_head", "num_heads"])?;
+        let num_query_heads = required_u32(cfg, &["num_attention_heads", "n_head", "num_heads"])?;
         let num_kv_heads = match optional_u32(
             cfg,
-            &["num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"],
+            &[
+                "num_key_value_heads",
+                "num_kv_heads",
+                "n_head_kv",
+                "multi_query_group_num",
+            ],
         )? {
             Some(kv) => kv,
             // Falcon: `multi_query` without the new architecture means one KV head.
             None if cfg.get("multi_query").and_then(|v| v.as_bool()) == Some(true)
-                && cfg.get("new_decoder_architecture").and_then(|v| v.as_bool())
+                && cfg
+                    .get("new_decoder_architecture")
+                    .and_then(|v| v.as_bool())
                     != Some(true) =>
             {
                 1
@@ -259,7 +265,10 @@ impl ModelDims {
     }
 }
 
-fn optional_u32(cfg: &serde_json::Value, names: &[&'static str]) -> Result<Option<u32>, GeometryError> {
+fn optional_u32(
+    cfg: &serde_json::Value,
+    names: &[&'static str],
+) -> Result<Option<u32>, GeometryError> {
     for &name in names {
         match cfg.get(name) {
             None | Some(serde_json::Value::Null) => continue,
@@ -279,7 +288,10 @@ fn optional_u32(cfg: &serde_json::Value, names: &[&'static str]) -> Result<Optio
     Ok(None)
 }
 
-fn required_u32(cfg: &serde_json::Value, names: &'static [&'static str]) -> Result<u32, GeometryError> {
+fn required_u32(
+    cfg: &serde_json::Value,
+    names: &'static [&'static str],
+) -> Result<u32, GeometryError> {
     optional_u32(cfg, names)?.ok_or(GeometryError::MissingField {
         field: names[0],
         aliases: &names[1..],
@@ -331,7 +343,8 @@ static PRESETS: [ModelPreset; 9] = [
     ModelPreset {
         name: "mistral-7b",
         dims: dims(32, 32, 8, 128, 32768),
-        note: "mistralai/Mistral-7B-v0.1 config.json (its 4096-token sliding window is not modelled)",
+        note:
+            "mistralai/Mistral-7B-v0.1 config.json (its 4096-token sliding window is not modelled)",
     },
     ModelPreset {
         name: "qwen2.5-7b",
@@ -346,7 +359,8 @@ static PRESETS: [ModelPreset; 9] = [
     ModelPreset {
         name: "falcon-40b",
         dims: dims(60, 128, 8, 64, 2048),
-        note: "tiiuae/falcon-40b config.json: marketed as multi-query, but new_decoder_architecture \
+        note:
+            "tiiuae/falcon-40b config.json: marketed as multi-query, but new_decoder_architecture \
                keeps num_kv_heads = 8 (one per tensor-parallel rank), which is GQA by head count; \
                falcon-7b is the MQA preset",
     },
@@ -508,8 +522,8 @@ impl KvGeometry {
         debug_assert!(slot < self.block_size);
         let kv = u64::from(self.dims.num_kv_heads);
         let bs = u64::from(self.block_size);
-        let vector = ((u64::from(layer) * 2 + part as u64) * kv + u64::from(kv_head)) * bs
-            + u64::from(slot);
+        let vector =
+            ((u64::from(layer) * 2 + part as u64) * kv + u64::from(kv_head)) * bs + u64::from(slot);
         (vector * u64::from(self.dims.head_dim)) as usize
     }
 
@@ -529,33 +543,61 @@ mod tests {
 
     #[test]
     fn bytes_per_token_of_known_models() {
-        assert_eq!(geometry("llama-3-70b", KvDtype::F16).bytes_per_token(), 327_680);
-        assert_eq!(geometry("mistral-7b", KvDtype::F16).bytes_per_token(), 131_072);
-        assert_eq!(geometry("llama-3-8b", KvDtype::F16).bytes_per_token(), 131_072);
-        assert_eq!(geometry("llama-2-7b", KvDtype::F16).bytes_per_token(), 524_288);
-        assert_eq!(geometry("smollm2-135m", KvDtype::F32).bytes_per_token(), 46_080);
+        assert_eq!(
+            geometry("llama-3-70b", KvDtype::F16).bytes_per_token(),
+            327_680
+        );
+        assert_eq!(
+            geometry("mistral-7b", KvDtype::F16).bytes_per_token(),
+            131_072
+        );
+        assert_eq!(
+            geometry("llama-3-8b", KvDtype::F16).bytes_per_token(),
+            131_072
+        );
+        assert_eq!(
+            geometry("llama-2-7b", KvDtype::F16).bytes_per_token(),
+            524_288
+        );
+        assert_eq!(
+            geometry("smollm2-135m", KvDtype::F32).bytes_per_token(),
+            46_080
+        );
         // fp8 halves the data and adds one f32 scale per head vector.
         let fp8 = geometry("llama-3-70b", KvDtype::Fp8);
         assert_eq!(fp8.data_bytes_per_token(), 163_840);
         assert_eq!(fp8.scale_bytes_per_token(), 80 * 2 * 8 * 4);
-        assert_eq!(geometry("llama-3-70b", KvDtype::Int4).data_bytes_per_token(), 81_920);
+        assert_eq!(
+            geometry("llama-3-70b", KvDtype::Int4).data_bytes_per_token(),
+            81_920
+        );
     }
 
     #[test]
     fn attention_kinds() {
-        assert_eq!(geometry("llama-2-7b", KvDtype::F16).attention_kind(), AttentionKind::Mha);
+        assert_eq!(
+            geometry("llama-2-7b", KvDtype::F16).attention_kind(),
+            AttentionKind::Mha
+        );
         assert_eq!(
             geometry("llama-3-70b", KvDtype::F16).attention_kind(),
             AttentionKind::Gqa { group: 8 }
         );
-        assert_eq!(geometry("falcon-7b", KvDtype::F16).attention_kind(), AttentionKind::Mqa);
+        assert_eq!(
+            geometry("falcon-7b", KvDtype::F16).attention_kind(),
+            AttentionKind::Mqa
+        );
         assert_eq!(
             geometry("falcon-40b", KvDtype::F16).attention_kind(),
             AttentionKind::Gqa { group: 16 }
         );
-        let mqa = geometry("llama-3-70b", KvDtype::F16).with_kv_heads(1).unwrap();
+        let mqa = geometry("llama-3-70b", KvDtype::F16)
+            .with_kv_heads(1)
+            .unwrap();
         assert_eq!(mqa.bytes_per_token(), 327_680 / 8);
-        assert!(geometry("llama-3-70b", KvDtype::F16).with_kv_heads(3).is_err());
+        assert!(geometry("llama-3-70b", KvDtype::F16)
+            .with_kv_heads(3)
+            .is_err());
     }
 
     #[test]
@@ -582,7 +624,10 @@ mod tests {
     fn hf_config_llama_and_falcon() {
         let llama = r#"{"hidden_size": 8192, "num_attention_heads": 64, "num_hidden_layers": 80,
             "num_key_value_heads": 8, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}"#;
-        assert_eq!(ModelDims::from_hf_config(llama).unwrap(), find_preset("llama-3-70b").unwrap().dims);
+        assert_eq!(
+            ModelDims::from_hf_config(llama).unwrap(),
+            find_preset("llama-3-70b").unwrap().dims
+        );
         let falcon7 = r#"{"hidden_size": 4544, "n_head": 71, "n_layer": 32, "multi_query": true}"#;
         let d = ModelDims::from_hf_config(falcon7).unwrap();
         assert_eq!((d.num_kv_heads, d.head_dim), (1, 64));
@@ -596,8 +641,12 @@ mod tests {
 
     #[test]
     fn hf_config_errors_say_where_and_what() {
-        let err = ModelDims::from_hf_config("{\n  \"num_hidden_layers\": 2,\n  oops\n}").unwrap_err();
-        assert!(matches!(err, GeometryError::ConfigSyntax { line: 3, .. }), "{err}");
+        let err =
+            ModelDims::from_hf_config("{\n  \"num_hidden_layers\": 2,\n  oops\n}").unwrap_err();
+        assert!(
+            matches!(err, GeometryError::ConfigSyntax { line: 3, .. }),
+            "{err}"
+        );
         let err = ModelDims::from_hf_config(r#"{"num_attention_heads": 8, "hidden_size": 64}"#)
             .unwrap_err();
         assert!(err.to_string().contains("num_hidden_layers"), "{err}");
@@ -605,7 +654,10 @@ mod tests {
             r#"{"num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 3, "hidden_size": 64}"#,
         )
         .unwrap_err();
-        assert!(matches!(err, GeometryError::HeadsNotDivisible { .. }), "{err}");
+        assert!(
+            matches!(err, GeometryError::HeadsNotDivisible { .. }),
+            "{err}"
+        );
         let err = ModelDims::from_hf_config(r#"{"num_hidden_layers": -2}"#).unwrap_err();
         assert!(matches!(err, GeometryError::InvalidField { .. }), "{err}");
         assert!(ModelDims::from_hf_config("[1, 2]").is_err());

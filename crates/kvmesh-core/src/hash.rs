@@ -35,30 +35,47 @@ use std::fmt;
 use xxhash_rust::xxh3::{xxh3_128_with_seed, Xxh3};
 
 /// The 128-bit chained hash naming one full block and its whole prefix.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SequenceHash(u128);
+///
+/// Stored as two `u64` halves rather than a `u128` so that it is 8-byte aligned: a registry
+/// entry `(SequenceHash, BlockId)` then takes 24 bytes instead of 32.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SequenceHash {
+    hi: u64,
+    lo: u64,
+}
 
 impl SequenceHash {
     /// Wraps a raw hash value (for wire formats and tests).
     pub const fn from_u128(v: u128) -> Self {
-        SequenceHash(v)
+        SequenceHash {
+            hi: (v >> 64) as u64,
+            lo: v as u64,
+        }
     }
 
     /// The raw hash value.
     pub const fn as_u128(self) -> u128 {
-        self.0
+        ((self.hi as u128) << 64) | self.lo as u128
+    }
+}
+
+impl std::hash::Hash for SequenceHash {
+    /// Feeds only the low half: the value is already a uniform hash, and 64 bits index any
+    /// table (see [`SequenceHashMap`]). Equality still compares all 128 bits.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.lo);
     }
 }
 
 impl fmt::Debug for SequenceHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{:08x}", (self.0 >> 96) as u32)
+        write!(f, "#{:08x}", (self.hi >> 32) as u32)
     }
 }
 
 impl fmt::Display for SequenceHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.as_u128())
     }
 }
 
@@ -130,7 +147,7 @@ impl BlockHasher {
         BlockHasher {
             seed,
             block_size: block_size as usize,
-            root: SequenceHash(root.digest128()),
+            root: SequenceHash::from_u128(root.digest128()),
         }
     }
 
@@ -153,11 +170,11 @@ impl BlockHasher {
         let len = 16 + 4 * tokens.len();
         if len <= STACK_BYTES {
             let mut buf = [0u8; STACK_BYTES];
-            buf[..16].copy_from_slice(&parent.0.to_le_bytes());
+            buf[..16].copy_from_slice(&parent.as_u128().to_le_bytes());
             for (dst, t) in buf[16..len].chunks_exact_mut(4).zip(tokens) {
                 dst.copy_from_slice(&t.to_le_bytes());
             }
-            SequenceHash(xxh3_128_with_seed(&buf[..len], self.seed))
+            SequenceHash::from_u128(xxh3_128_with_seed(&buf[..len], self.seed))
         } else {
             self.streaming(parent, tokens, &[], 0)
         }
@@ -192,7 +209,7 @@ impl BlockHasher {
         block_start: u64,
     ) -> SequenceHash {
         let mut h = Xxh3::with_seed(self.seed);
-        h.update(&parent.0.to_le_bytes());
+        h.update(&parent.as_u128().to_le_bytes());
         let mut chunk = [0u8; 256];
         for part in tokens.chunks(64) {
             for (dst, t) in chunk.chunks_exact_mut(4).zip(part) {
@@ -211,7 +228,7 @@ impl BlockHasher {
             h.update(&(s.start as i64 - block_start as i64).to_le_bytes());
             h.update(&s.len.to_le_bytes());
         }
-        SequenceHash(h.digest128())
+        SequenceHash::from_u128(h.digest128())
     }
 
     /// Hashes every full block of `tokens`, chaining from the root.
@@ -308,8 +325,9 @@ impl SequenceHasher {
 pub type SequenceHashMap<V> =
     std::collections::HashMap<SequenceHash, V, std::hash::BuildHasherDefault<PassThroughHasher>>;
 
-/// A `Hasher` for keys that are already hashes: it keeps the low 64 bits of the last `u128`
-/// written (and folds any other input with a multiply, so it stays correct for other keys).
+/// A `Hasher` for keys that are already hashes: it keeps the last `u64` (or low half of the
+/// last `u128`) written, and folds any other input with a multiply, so it stays correct for
+/// other keys.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PassThroughHasher(u64);
 
@@ -322,6 +340,10 @@ impl std::hash::Hasher for PassThroughHasher {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 
     fn write_u128(&mut self, v: u128) {
@@ -337,15 +359,18 @@ mod tests {
     fn streaming_and_one_shot_agree() {
         let h = BlockHasher::new(42, 16, &ExtraKeys::default());
         let tokens: Vec<u32> = (0..16).map(|i| i * 7919).collect();
-        let parent = SequenceHash(0x1234_5678_9abc_def0_0fed_cba9_8765_4321);
-        assert_eq!(h.hash_block(parent, &tokens), h.streaming(parent, &tokens, &[], 0));
+        let parent = SequenceHash::from_u128(0x1234_5678_9abc_def0_0fed_cba9_8765_4321);
+        assert_eq!(
+            h.hash_block(parent, &tokens),
+            h.streaming(parent, &tokens, &[], 0)
+        );
         // A block larger than the stack buffer goes through the streaming path.
         let big = BlockHasher::new(42, 512, &ExtraKeys::default());
         let tokens: Vec<u32> = (0..512).collect();
-        let mut bytes = parent.0.to_le_bytes().to_vec();
+        let mut bytes = parent.as_u128().to_le_bytes().to_vec();
         bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
         assert_eq!(
-            big.hash_block(parent, &tokens).0,
+            big.hash_block(parent, &tokens).as_u128(),
             xxh3_128_with_seed(&bytes, 42)
         );
     }

@@ -32,12 +32,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod capacity;
 mod error;
 mod events;
 mod geometry;
 mod hash;
 mod pool;
 
+pub use capacity::{
+    compare_allocation, AllocationComparison, AllocationResult, CapacityError, KvCapacity,
+    LengthStats, MemoryBudget,
+};
 pub use error::{ConfigError, GeometryError, PoolError};
 pub use events::{KvEvent, KvEventSink, Tier};
 pub use geometry::{

@@ -313,11 +313,22 @@ impl RefPool {
 #[derive(Debug, Clone)]
 enum Op {
     /// A new request whose prompt is `labels` full blocks plus `partial` tokens.
-    Start { labels: Vec<u8>, partial: usize },
+    Start {
+        labels: Vec<u8>,
+        partial: usize,
+    },
     /// Decode or chunked prefill: `tokens` more tokens; new full blocks get labels from `seed`.
-    Append { pick: usize, tokens: usize, seed: u8 },
-    Fork { pick: usize },
-    Release { pick: usize },
+    Append {
+        pick: usize,
+        tokens: usize,
+        seed: u8,
+    },
+    Fork {
+        pick: usize,
+    },
+    Release {
+        pick: usize,
+    },
     Clear,
 }
 
@@ -446,11 +457,21 @@ fn run(
         reference.events.clear();
         let st = pool.stats();
         let (free, active, cached) = reference.counts();
-        prop_assert_eq!((st.free, st.active, st.cached), (free, active, cached), "step {}", step);
+        prop_assert_eq!(
+            (st.free, st.active, st.cached),
+            (free, active, cached),
+            "step {}",
+            step
+        );
         prop_assert_eq!((st.query_blocks, st.hit_blocks), reference.hits);
         prop_assert_eq!(
             (st.stored, st.evicted, st.deduplicated, st.cow_copies),
-            (reference.stored, reference.evicted, reference.deduplicated, reference.cow)
+            (
+                reference.stored,
+                reference.evicted,
+                reference.deduplicated,
+                reference.cow
+            )
         );
         prop_assert_eq!(st.used_slots, reference.used_slots());
         for s in &live {
@@ -460,7 +481,8 @@ fn run(
     for s in live.drain(..) {
         pool.release(s.pool_id).unwrap();
     }
-    pool.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    pool.check_invariants()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(pool.stats().active, 0);
     Ok(())
 }

@@ -124,7 +124,10 @@ impl BlockPool {
             } else if m.registered {
                 cached += 1;
             } else {
-                ensure!(on_free[i], "{b:?} is unreferenced, unregistered and not free");
+                ensure!(
+                    on_free[i],
+                    "{b:?} is unreferenced, unregistered and not free"
+                );
             }
             evictable += usize::from(is_candidate);
         }
@@ -133,8 +136,16 @@ impl BlockPool {
             "registry has {} entries for fewer registered blocks",
             self.registry.len()
         );
-        ensure!(active == self.num_active, "active {active} != {}", self.num_active);
-        ensure!(cached == self.num_cached, "cached {cached} != {}", self.num_cached);
+        ensure!(
+            active == self.num_active,
+            "active {active} != {}",
+            self.num_active
+        );
+        ensure!(
+            cached == self.num_cached,
+            "cached {cached} != {}",
+            self.num_cached
+        );
         ensure!(evictable == self.policy.len(), "policy holds extra blocks");
         ensure!(
             self.free.len() + active + cached == n,

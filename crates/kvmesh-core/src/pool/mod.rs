@@ -40,8 +40,10 @@
 //!   same, so readers of the block table see no change.
 //! - Access times come from a logical clock ticked once per pool call, so order, not wall
 //!   time, drives LRU; the simulator gets identical behaviour on virtual time.
-//! - Memory: 48 bytes of metadata per block, plus a registry entry (~24 bytes) per cached
-//!   block and an eviction-set entry per evictable block; [`BlockPool::memory_usage`] reports it.
+//! - Memory: 48 bytes of metadata per block, 16 bytes of eviction key, and a registry entry
+//!   (24 bytes at a load factor of 1/2 to 7/8, so ~40 bytes) per cached block: 112 bytes per
+//!   block measured with every block cached (`cargo bench -p kvmesh-core --bench core`,
+//!   `docs/bench/core.md`). [`BlockPool::memory_usage`] reports it.
 
 mod eviction;
 mod invariants;
@@ -234,6 +236,7 @@ impl BlockPoolBuilder {
             policy,
             sequences: Vec::new(),
             free_slots: Vec::new(),
+            spare_tables: Vec::new(),
             events: Vec::new(),
             clock: 0,
             num_active: 0,
@@ -283,6 +286,9 @@ pub struct BlockPool {
     policy: Box<dyn EvictionPolicy>,
     sequences: Vec<SequenceSlot>,
     free_slots: Vec<u32>,
+    /// Emptied block tables of released sequences, reused to avoid an allocation per request.
+    /// At most one per sequence slot.
+    spare_tables: Vec<Vec<BlockId>>,
     events: Vec<KvEvent>,
     clock: u64,
     num_active: usize,
@@ -339,7 +345,10 @@ impl BlockPool {
     /// Passing no hashes starts an empty sequence.
     pub fn match_prefix(&mut self, hashes: &[SequenceHash], query_tokens: usize) -> PrefixMatch {
         let now = self.tick();
-        let mut state = SequenceState::default();
+        let mut state = SequenceState {
+            blocks: self.spare_tables.pop().unwrap_or_default(),
+            ..SequenceState::default()
+        };
         for h in hashes {
             let Some(&block) = self.registry.get(h) else {
                 break;
@@ -415,7 +424,11 @@ impl BlockPool {
                 dst,
                 slots: partial as u32,
             });
-            *self.state_mut(seq).blocks.last_mut().expect("partial block") = dst;
+            *self
+                .state_mut(seq)
+                .blocks
+                .last_mut()
+                .expect("partial block") = dst;
         }
         for _ in 0..new_blocks {
             let b = self.allocate(now);
@@ -507,13 +520,15 @@ impl BlockPool {
         let now = self.tick();
         self.sequence(seq)?;
         let slot = &mut self.sequences[seq.slot as usize];
-        let state = slot.state.take().expect("checked live");
+        let mut state = slot.state.take().expect("checked live");
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(seq.slot);
         // Tail first, so a chain's blocks reach the free list in allocation order.
         for &b in state.blocks.iter().rev() {
             self.unpin(b, now);
         }
+        state.blocks.clear();
+        self.spare_tables.push(state.blocks);
         Ok(())
     }
 
@@ -603,6 +618,11 @@ impl BlockPool {
             + registry
             + self.policy.memory_usage()
             + sequences
+            + self
+                .spare_tables
+                .iter()
+                .map(|t| size_of::<Vec<BlockId>>() + t.capacity() * size_of::<BlockId>())
+                .sum::<usize>()
             + self.events.capacity() * size_of::<KvEvent>()
     }
 

@@ -52,7 +52,10 @@ impl PoolStats {
 
     /// Written slots / slots of active blocks: 1 minus internal fragmentation.
     pub fn slot_utilisation(&self) -> f64 {
-        ratio(self.used_slots, self.active as u64 * u64::from(self.block_size))
+        ratio(
+            self.used_slots,
+            self.active as u64 * u64::from(self.block_size),
+        )
     }
 }
 
