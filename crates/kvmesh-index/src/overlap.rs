@@ -1,0 +1,184 @@
+//! What an index answers: per worker, how many leading blocks of a request it holds, by tier.
+
+use kvmesh_core::{SequenceHash, Tier};
+
+use crate::worker_set::Holder;
+
+/// A worker's id inside the index. The router maps engine instance ids (and data-parallel
+/// ranks) onto these dense ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u32);
+
+/// The set of tiers one worker holds one block on, as bits (bit `i` = `Tier::ALL[i]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TierMask(u8);
+
+impl TierMask {
+    /// No tier.
+    pub const EMPTY: TierMask = TierMask(0);
+
+    /// The mask holding only `tier`.
+    pub const fn of(tier: Tier) -> Self {
+        TierMask(1 << tier as u8)
+    }
+
+    /// Whether `tier` is in the mask.
+    pub const fn contains(self, tier: Tier) -> bool {
+        self.0 & (1 << tier as u8) != 0
+    }
+
+    /// The mask with `tier` added.
+    pub const fn with(self, tier: Tier) -> Self {
+        TierMask(self.0 | 1 << tier as u8)
+    }
+
+    /// The mask with `tier` removed.
+    pub const fn without(self, tier: Tier) -> Self {
+        TierMask(self.0 & !(1 << tier as u8))
+    }
+
+    /// Whether no tier is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The fastest tier in the mask (`Device` before `Host` before `Disk` before `Remote`).
+    pub fn fastest(self) -> Option<Tier> {
+        (self.0 != 0).then(|| Tier::ALL[self.0.trailing_zeros() as usize])
+    }
+}
+
+/// Leading blocks of a request a worker can reuse, split by the fastest tier each one is on.
+///
+/// The blocks counted form one unbroken prefix: block `i` counts only if the worker holds
+/// blocks `0..i` on some tier. `total()` is that prefix's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TierCounts(pub [u32; 4]);
+
+impl TierCounts {
+    /// Blocks whose fastest copy is on `tier`.
+    pub fn on(&self, tier: Tier) -> u32 {
+        self.0[tier as usize]
+    }
+
+    /// The length of the reusable prefix, in blocks, any tier.
+    pub fn total(&self) -> u32 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn add(&mut self, mask: TierMask) {
+        if let Some(t) = mask.fastest() {
+            self.0[t as usize] += 1;
+        }
+    }
+}
+
+/// The answer of [`crate::PrefixIndex::overlaps`]: every worker holding at least the first
+/// block, with its [`TierCounts`], sorted by worker id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlapScores {
+    pub(crate) scores: Vec<(WorkerId, TierCounts)>,
+}
+
+impl OverlapScores {
+    /// The counts for one worker (all zero when it holds nothing of the prefix).
+    pub fn get(&self, worker: WorkerId) -> TierCounts {
+        self.scores
+            .binary_search_by_key(&worker, |&(w, _)| w)
+            .map(|i| self.scores[i].1)
+            .unwrap_or_default()
+    }
+
+    /// Workers with a non-empty prefix, sorted by id.
+    pub fn iter(&self) -> impl Iterator<Item = (WorkerId, TierCounts)> + '_ {
+        self.scores.iter().copied()
+    }
+
+    /// Number of workers with a non-empty prefix.
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether no worker holds the first block.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+
+    /// The longest prefix any worker holds, in blocks.
+    pub fn best(&self) -> u32 {
+        self.scores.iter().map(|(_, c)| c.total()).max().unwrap_or(0)
+    }
+
+    /// Builds scores from unsorted pairs (for reference implementations and tests).
+    pub fn from_pairs(mut pairs: Vec<(WorkerId, TierCounts)>) -> Self {
+        pairs.retain(|(_, c)| c.total() > 0);
+        pairs.sort_by_key(|&(w, _)| w);
+        OverlapScores { scores: pairs }
+    }
+}
+
+/// Walks `hashes` from the first block, intersecting the holder sets that `lookup` returns
+/// (each sorted by worker), and counts each worker's unbroken prefix by fastest tier.
+pub(crate) fn walk_prefix<'a>(
+    hashes: &[SequenceHash],
+    lookup: impl Fn(&SequenceHash) -> Option<&'a [Holder]>,
+) -> OverlapScores {
+    let Some((first, rest)) = hashes.split_first() else {
+        return OverlapScores::default();
+    };
+    let Some(holders) = lookup(first) else {
+        return OverlapScores::default();
+    };
+    // `active`: workers holding every block so far, sorted by id. Workers that drop out keep
+    // their counts in `done`.
+    let mut active: Vec<(WorkerId, TierCounts)> = holders
+        .iter()
+        .map(|&(w, mask)| {
+            let mut c = TierCounts::default();
+            c.add(mask);
+            (w, c)
+        })
+        .collect();
+    let mut done = Vec::new();
+    for hash in rest {
+        let Some(holders) = lookup(hash) else {
+            break;
+        };
+        let mut j = 0;
+        active.retain_mut(|(w, counts)| {
+            while j < holders.len() && holders[j].0 < *w {
+                j += 1;
+            }
+            if j < holders.len() && holders[j].0 == *w {
+                counts.add(holders[j].1);
+                true
+            } else {
+                done.push((*w, *counts));
+                false
+            }
+        });
+        if active.is_empty() {
+            break;
+        }
+    }
+    if done.is_empty() {
+        return OverlapScores { scores: active };
+    }
+    done.extend(active);
+    done.sort_unstable_by_key(|&(w, _)| w);
+    OverlapScores { scores: done }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_mask_fastest() {
+        let m = TierMask::of(Tier::Disk).with(Tier::Host);
+        assert_eq!(m.fastest(), Some(Tier::Host));
+        assert_eq!(m.without(Tier::Host).fastest(), Some(Tier::Disk));
+        assert_eq!(TierMask::EMPTY.fastest(), None);
+        assert!(m.contains(Tier::Disk) && !m.contains(Tier::Device));
+    }
+}
