@@ -21,6 +21,8 @@ pub enum IndexConfigError {
         value: f64,
     },
     /// A policy name that is not known.
-    #[error("unknown routing policy '{0}': use kv, round-robin, random, least-loaded or cache-only")]
+    #[error(
+        "unknown routing policy '{0}': use kv, round-robin, random, least-loaded or cache-only"
+    )]
     UnknownPolicy(String),
 }

@@ -135,7 +135,8 @@ impl ExactIndex {
         };
         let mut kept = HashSetOfBlocks::default();
         for &hash in &held {
-            if let Unset::Kept = self.unset(worker, hash, tier) {
+            // Blocks not on the cleared tier (Absent) or still on another (Kept) stay.
+            if !matches!(self.unset(worker, hash, tier), Unset::Gone) {
                 kept.insert(hash);
             }
         }
@@ -213,7 +214,11 @@ impl PrefixIndex for ExactIndex {
     fn memory_usage(&self) -> usize {
         use std::mem::size_of;
         let map = self.blocks.capacity() * (size_of::<(SequenceHash, WorkerSet)>() + 1)
-            + self.blocks.values().map(WorkerSet::heap_bytes).sum::<usize>();
+            + self
+                .blocks
+                .values()
+                .map(WorkerSet::heap_bytes)
+                .sum::<usize>();
         let per_worker: usize = self
             .by_worker
             .values()

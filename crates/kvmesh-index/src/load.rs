@@ -145,8 +145,14 @@ mod tests {
         let mut t = LoadTracker::new();
         t.add_worker(WorkerId(0));
         assert!(t.on_start(RequestId(1), WorkerId(0), 4, 100));
-        assert!(!t.on_start(RequestId(1), WorkerId(0), 4, 100), "duplicate id");
-        assert!(!t.on_start(RequestId(2), WorkerId(9), 4, 100), "unknown worker");
+        assert!(
+            !t.on_start(RequestId(1), WorkerId(0), 4, 100),
+            "duplicate id"
+        );
+        assert!(
+            !t.on_start(RequestId(2), WorkerId(9), 4, 100),
+            "unknown worker"
+        );
         assert_eq!(
             t.load(WorkerId(0)),
             WorkerLoad {

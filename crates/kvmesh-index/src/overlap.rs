@@ -106,7 +106,11 @@ impl OverlapScores {
 
     /// The longest prefix any worker holds, in blocks.
     pub fn best(&self) -> u32 {
-        self.scores.iter().map(|(_, c)| c.total()).max().unwrap_or(0)
+        self.scores
+            .iter()
+            .map(|(_, c)| c.total())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Builds scores from unsorted pairs (for reference implementations and tests).

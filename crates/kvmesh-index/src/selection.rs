@@ -246,8 +246,13 @@ impl WorkerSelector {
             }
             RoutingPolicy::LeastLoaded => {
                 let bs = f64::from(request.block_size);
-                min_by_cost(loads.workers().map(|(w, l)| (w, load_cost(&l, bs, 1.0, 1.0))), key)
-                    .map(|(w, c)| pick(w, c))
+                min_by_cost(
+                    loads
+                        .workers()
+                        .map(|(w, l)| (w, load_cost(&l, bs, 1.0, 1.0))),
+                    key,
+                )
+                .map(|(w, c)| pick(w, c))
             }
             RoutingPolicy::CacheOnly => {
                 let cfg = KvAwareConfig::default();
@@ -306,10 +311,7 @@ fn load_cost(load: &WorkerLoad, block_size: f64, prefill_weight: f64, decode_wei
 }
 
 /// The cheapest worker; ties (within 1e-9 relative) go to the highest rendezvous score.
-fn min_by_cost(
-    costs: impl Iterator<Item = (WorkerId, f64)>,
-    key: u64,
-) -> Option<(WorkerId, f64)> {
+fn min_by_cost(costs: impl Iterator<Item = (WorkerId, f64)>, key: u64) -> Option<(WorkerId, f64)> {
     let mut best: Option<(WorkerId, f64, u64)> = None;
     for (w, c) in costs {
         let score = rendezvous(key, w);
@@ -339,7 +341,10 @@ fn rendezvous(key: u64, worker: WorkerId) -> u64 {
 /// Draws a worker with probability `exp(-normalised cost / t)`; `r` is uniform in `[0, 1)`.
 fn softmax_pick(costs: &[(WorkerId, f64)], t: f64, r: f64) -> Option<(WorkerId, f64)> {
     let min = costs.iter().map(|&(_, c)| c).fold(f64::INFINITY, f64::min);
-    let max = costs.iter().map(|&(_, c)| c).fold(f64::NEG_INFINITY, f64::max);
+    let max = costs
+        .iter()
+        .map(|&(_, c)| c)
+        .fold(f64::NEG_INFINITY, f64::max);
     let span = if max > min { max - min } else { 1.0 };
     let weights: Vec<f64> = costs
         .iter()
@@ -452,7 +457,9 @@ mod tests {
             .worker;
         for turn in 0..20u128 {
             let p: Vec<_> = (1..=3 + turn).map(h).collect();
-            let s = sel.select(&request(&p, Some(42)), &idx.overlaps(&p), &loads).unwrap();
+            let s = sel
+                .select(&request(&p, Some(42)), &idx.overlaps(&p), &loads)
+                .unwrap();
             assert_eq!(s.worker, first);
         }
     }
@@ -465,7 +472,9 @@ mod tests {
         let req = request(&p, None);
         let ov = idx.overlaps(&p);
         let mut rr = WorkerSelector::new(RoutingPolicy::RoundRobin, 0).unwrap();
-        let order: Vec<u32> = (0..4).map(|_| rr.select(&req, &ov, &loads).unwrap().worker.0).collect();
+        let order: Vec<u32> = (0..4)
+            .map(|_| rr.select(&req, &ov, &loads).unwrap().worker.0)
+            .collect();
         assert_eq!(order, [0, 1, 2, 0]);
         loads.on_start(RequestId(1), WorkerId(0), 10, 0);
         loads.on_start(RequestId(2), WorkerId(1), 5, 0);
@@ -507,7 +516,10 @@ mod tests {
             ..KvAwareConfig::default()
         };
         assert!(WorkerSelector::new(RoutingPolicy::KvAware(bad), 0).is_err());
-        assert_eq!("rr".parse::<RoutingPolicy>().unwrap(), RoutingPolicy::RoundRobin);
+        assert_eq!(
+            "rr".parse::<RoutingPolicy>().unwrap(),
+            RoutingPolicy::RoundRobin
+        );
         assert!("best".parse::<RoutingPolicy>().is_err());
     }
 }

@@ -1,0 +1,392 @@
+//! One suite for every [`PrefixIndex`]: scenario tests and a differential property test against
+//! a naive reference (a plain map per worker), under random event streams with duplicates,
+//! reordering, removals, clears and worker loss.
+
+use std::collections::HashMap;
+
+use kvmesh_core::{KvEvent, SequenceHash, Tier};
+use kvmesh_index::{
+    ApproxIndex, ExactIndex, OverlapScores, PrefixIndex, ShardedIndex, TierCounts, TierMask,
+    WorkerId,
+};
+use proptest::prelude::*;
+
+/// Every implementation under test, fresh.
+fn implementations() -> Vec<(&'static str, Box<dyn PrefixIndex>)> {
+    vec![
+        ("exact", Box::new(ExactIndex::new())),
+        ("sharded", Box::new(ShardedIndex::new(4))),
+        (
+            "approx",
+            Box::new(ApproxIndex::new(u64::MAX / 4, usize::MAX).unwrap()),
+        ),
+    ]
+}
+
+/// The reference: what each worker holds, nothing else.
+#[derive(Default)]
+struct Reference {
+    held: HashMap<WorkerId, HashMap<SequenceHash, TierMask>>,
+    orphans: u64,
+    duplicates: u64,
+    unknown_removes: u64,
+}
+
+impl Reference {
+    fn mask(&self, w: WorkerId, h: SequenceHash) -> TierMask {
+        self.held
+            .get(&w)
+            .and_then(|m| m.get(&h))
+            .copied()
+            .unwrap_or(TierMask::EMPTY)
+    }
+
+    fn apply(&mut self, w: WorkerId, e: &KvEvent) {
+        match *e {
+            KvEvent::Stored { hash, parent, tier } => {
+                if parent.is_some_and(|p| self.mask(w, p).is_empty()) {
+                    self.orphans += 1;
+                }
+                let m = self.held.entry(w).or_default().entry(hash).or_default();
+                if m.contains(tier) {
+                    self.duplicates += 1;
+                }
+                *m = m.with(tier);
+            }
+            KvEvent::Removed { hash, tier } => {
+                let map = self.held.entry(w).or_default();
+                match map.get(&hash).copied() {
+                    Some(m) if m.contains(tier) => {
+                        let m = m.without(tier);
+                        if m.is_empty() {
+                            map.remove(&hash);
+                        } else {
+                            map.insert(hash, m);
+                        }
+                    }
+                    _ => self.unknown_removes += 1,
+                }
+            }
+            KvEvent::Cleared { tier } => {
+                if let Some(map) = self.held.get_mut(&w) {
+                    map.retain(|_, m| {
+                        *m = m.without(tier);
+                        !m.is_empty()
+                    });
+                }
+            }
+        }
+        self.held.retain(|_, m| !m.is_empty());
+    }
+
+    fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
+        let pairs = self
+            .held
+            .keys()
+            .map(|&w| {
+                let mut c = TierCounts::default();
+                for &h in hashes {
+                    match self.mask(w, h).fastest() {
+                        Some(t) => c.0[t as usize] += 1,
+                        None => break,
+                    }
+                }
+                (w, c)
+            })
+            .collect();
+        OverlapScores::from_pairs(pairs)
+    }
+
+    fn entries(&self) -> usize {
+        self.held.values().map(|m| m.len()).sum()
+    }
+
+    fn blocks(&self) -> usize {
+        let mut all: Vec<_> = self.held.values().flat_map(|m| m.keys()).collect();
+        all.sort();
+        all.dedup();
+        all.len()
+    }
+}
+
+fn h(i: u8) -> SequenceHash {
+    // Spread bits so the sharded index uses several shards.
+    SequenceHash::from_u128(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+}
+
+fn tier(i: u8) -> Tier {
+    Tier::ALL[usize::from(i % 4)]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Store {
+        w: u8,
+        block: u8,
+        parent: Option<u8>,
+        tier: u8,
+    },
+    Remove {
+        w: u8,
+        block: u8,
+        tier: u8,
+    },
+    Clear {
+        w: u8,
+        tier: u8,
+    },
+    RemoveWorker {
+        w: u8,
+    },
+    /// Store a whole chain `0..len` of family `f` (the common case, in order).
+    Chain {
+        w: u8,
+        f: u8,
+        len: u8,
+        tier: u8,
+    },
+    /// A pause between events: queries run after every op anyway.
+    Query,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..5, 0u8..24, prop::option::of(0u8..24), 0u8..4)
+            .prop_map(|(w, block, parent, tier)| Op::Store { w, block, parent, tier }),
+        3 => (0u8..5, 0u8..24, 0u8..4).prop_map(|(w, block, tier)| Op::Remove { w, block, tier }),
+        1 => (0u8..5, 0u8..4).prop_map(|(w, tier)| Op::Clear { w, tier }),
+        1 => (0u8..5).prop_map(|w| Op::RemoveWorker { w }),
+        4 => (0u8..5, 0u8..3, 1u8..8, 0u8..4).prop_map(|(w, f, len, tier)| Op::Chain { w, f, len, tier }),
+        2 => Just(Op::Query),
+    ]
+}
+
+/// Chain family `f`: blocks `8f .. 8f+len` (ids below 24, shared with random ops).
+fn chain(f: u8, len: u8) -> Vec<SequenceHash> {
+    (0..len).map(|i| h(8 * f + i)).collect()
+}
+
+fn events_of(op: &Op) -> Vec<(WorkerId, Option<KvEvent>)> {
+    match *op {
+        Op::Store {
+            w,
+            block,
+            parent,
+            tier: t,
+        } => vec![(
+            WorkerId(w.into()),
+            Some(KvEvent::Stored {
+                hash: h(block),
+                parent: parent.map(h),
+                tier: tier(t),
+            }),
+        )],
+        Op::Remove { w, block, tier: t } => vec![(
+            WorkerId(w.into()),
+            Some(KvEvent::Removed {
+                hash: h(block),
+                tier: tier(t),
+            }),
+        )],
+        Op::Clear { w, tier: t } => {
+            vec![(WorkerId(w.into()), Some(KvEvent::Cleared { tier: tier(t) }))]
+        }
+        Op::RemoveWorker { w } => vec![(WorkerId(w.into()), None)],
+        Op::Chain { w, f, len, tier: t } => chain(f, len)
+            .iter()
+            .enumerate()
+            .map(|(i, &hash)| {
+                (
+                    WorkerId(w.into()),
+                    Some(KvEvent::Stored {
+                        hash,
+                        parent: (i > 0).then(|| h(8 * f + i as u8 - 1)),
+                        tier: tier(t),
+                    }),
+                )
+            })
+            .collect(),
+        Op::Query => Vec::new(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_index_agrees_with_the_reference(ops in prop::collection::vec(op(), 1..120)) {
+        for (name, mut index) in implementations() {
+            let mut reference = Reference::default();
+            for (step, op) in ops.iter().enumerate() {
+                for (w, event) in events_of(op) {
+                    match event {
+                        Some(e) => {
+                            index.apply(w, &e);
+                            reference.apply(w, &e);
+                        }
+                        None => {
+                            index.remove_worker(w);
+                            reference.held.remove(&w);
+                        }
+                    }
+                }
+                for f in 0..3 {
+                    for len in [1, 4, 8] {
+                        let q = chain(f, len);
+                        prop_assert_eq!(
+                            index.overlaps(&q), reference.overlaps(&q),
+                            "{}: step {} {:?}, query {}/{}", name, step, op, f, len
+                        );
+                    }
+                }
+                let st = index.stats();
+                prop_assert_eq!(st.entries, reference.entries(), "{}: entries", name);
+                prop_assert_eq!(st.blocks, reference.blocks(), "{}: blocks", name);
+                prop_assert_eq!(st.workers, reference.held.len(), "{}: workers", name);
+                prop_assert_eq!(st.orphan_stores, reference.orphans, "{}: orphans", name);
+                prop_assert_eq!(st.duplicate_stores, reference.duplicates, "{}: dups", name);
+                prop_assert_eq!(st.unknown_removes, reference.unknown_removes, "{}", name);
+            }
+        }
+    }
+
+    /// Events re-ordered within a worker's stream (stores only) end in the same state, and a
+    /// duplicated stream changes nothing the second time.
+    #[test]
+    fn order_and_duplicates_do_not_change_the_result(
+        perm in Just((0u8..16).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let stores: Vec<KvEvent> = (0u8..16)
+            .map(|i| KvEvent::Stored {
+                hash: h(i),
+                parent: (i > 0).then(|| h(i - 1)),
+                tier: Tier::Device,
+            })
+            .collect();
+        let q: Vec<_> = (0u8..16).map(h).collect();
+        for (name, mut index) in implementations() {
+            for &i in &perm {
+                index.apply(WorkerId(1), &stores[usize::from(i)]);
+            }
+            let once = index.overlaps(&q);
+            index.apply_batch(WorkerId(1), &stores);
+            prop_assert_eq!(index.overlaps(&q), once.clone(), "{}", name);
+            prop_assert_eq!(once.get(WorkerId(1)).total(), 16, "{}", name);
+            prop_assert_eq!(index.stats().duplicate_stores, 16, "{}", name);
+        }
+    }
+}
+
+/// The harness must catch an index that ignores removals, or it proves nothing.
+#[test]
+fn the_reference_catches_a_lost_removal() {
+    let mut index = ExactIndex::new();
+    let mut reference = Reference::default();
+    let store = KvEvent::Stored {
+        hash: h(1),
+        parent: None,
+        tier: Tier::Device,
+    };
+    index.apply(WorkerId(0), &store);
+    reference.apply(WorkerId(0), &store);
+    // The "buggy index" skips this removal.
+    reference.apply(
+        WorkerId(0),
+        &KvEvent::Removed {
+            hash: h(1),
+            tier: Tier::Device,
+        },
+    );
+    assert_ne!(index.overlaps(&[h(1)]), reference.overlaps(&[h(1)]));
+}
+
+#[test]
+fn tiers_are_counted_by_the_fastest_copy() {
+    for (name, mut index) in implementations() {
+        let w = WorkerId(3);
+        let put = |index: &mut Box<dyn PrefixIndex>, b: u8, p: Option<u8>, t: Tier| {
+            index.apply(
+                w,
+                &KvEvent::Stored {
+                    hash: h(b),
+                    parent: p.map(h),
+                    tier: t,
+                },
+            )
+        };
+        put(&mut index, 0, None, Tier::Host);
+        put(&mut index, 0, None, Tier::Device);
+        put(&mut index, 1, Some(0), Tier::Disk);
+        put(&mut index, 2, Some(1), Tier::Remote);
+        let c = index.overlaps(&[h(0), h(1), h(2), h(3)]).get(w);
+        assert_eq!(c.0, [1, 0, 1, 1], "{name}");
+        index.apply(
+            w,
+            &KvEvent::Removed {
+                hash: h(0),
+                tier: Tier::Device,
+            },
+        );
+        let c = index.overlaps(&[h(0), h(1), h(2)]).get(w);
+        assert_eq!(c.0, [0, 1, 1, 1], "{name}: host copy remains");
+        index.apply(w, &KvEvent::Cleared { tier: Tier::Host });
+        assert!(index.overlaps(&[h(0)]).is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn memory_returns_to_baseline_after_churn() {
+    for (name, mut index) in implementations() {
+        let baseline = index.memory_usage();
+        for round in 0..20u32 {
+            for w in 0..8u32 {
+                for i in 0..500u32 {
+                    let hash = SequenceHash::from_u128(
+                        (u128::from(round) << 64 | u128::from(w) << 32 | u128::from(i))
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                    );
+                    index.apply(
+                        WorkerId(w),
+                        &KvEvent::Stored {
+                            hash,
+                            parent: None,
+                            tier: Tier::Device,
+                        },
+                    );
+                }
+            }
+            for w in 0..8u32 {
+                if round % 2 == 0 {
+                    index.apply(WorkerId(w), &KvEvent::Cleared { tier: Tier::Device });
+                } else {
+                    index.remove_worker(WorkerId(w));
+                }
+            }
+        }
+        let st = index.stats();
+        assert_eq!((st.blocks, st.entries, st.workers), (0, 0, 0), "{name}");
+        let after = index.memory_usage();
+        assert!(
+            after <= baseline + 64 * 1024,
+            "{name}: memory {after} B after churn, baseline {baseline} B"
+        );
+    }
+}
+
+#[test]
+fn unknown_workers_and_blocks_never_panic() {
+    for (_, mut index) in implementations() {
+        index.apply(
+            WorkerId(u32::MAX),
+            &KvEvent::Removed {
+                hash: h(9),
+                tier: Tier::Disk,
+            },
+        );
+        index.apply(WorkerId(7), &KvEvent::Cleared { tier: Tier::Device });
+        index.remove_worker(WorkerId(12345));
+        assert!(index.overlaps(&[]).is_empty());
+        assert!(index.overlaps(&[h(9)]).is_empty());
+        assert_eq!(index.stats().unknown_removes, 1);
+    }
+}
