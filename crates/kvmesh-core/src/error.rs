@@ -34,7 +34,8 @@ pub enum GeometryError {
     ConfigSyntax {
         /// 1-based line of the error.
         line: usize,
-        /// 1-based column of the error.
+        /// Column of the error as serde_json counts it: 1-based, or 0 when the error is at
+        /// the start of a line (an unexpected end of input after a newline).
         column: usize,
         /// The parser's message.
         message: String,
