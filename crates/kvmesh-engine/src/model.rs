@@ -1,0 +1,403 @@
+//! A llama-architecture transformer whose attention reads and writes paged KV blocks.
+//!
+//! Architecture (Llama 2/3, SmolLM2, Mistral without sliding window): token embedding; per
+//! layer RMSNorm -> Q/K/V projections -> rotary position embedding -> attention over the KV
+//! cache -> output projection -> residual, then RMSNorm -> SwiGLU feed-forward
+//! (`down(silu(gate(x)) * up(x))`) -> residual; a final RMSNorm and the output projection
+//! (tied to the embedding when the file has no `output.weight`).
+//!
+//! # How a step runs
+//!
+//! One call to [`LlamaModel::forward`] takes a batch of *chunks*: each is a run of new tokens
+//! of one sequence (a prefill chunk, or a single decode token) with its block table. All
+//! chunks' tokens are stacked into one matrix, so every weight is read once per step however
+//! many sequences take part (continuous batching); only attention is per sequence, reading
+//! that sequence's blocks through the paged kernels. Unlike candle's llama, KV is never
+//! concatenated or copied per step: K and V rows go straight into their blocks.
+//!
+//! RoPE here rotates adjacent pairs `(x[2i], x[2i+1])` (ggml's "normal" mode): GGUF converters
+//! permute the Q/K weights of Hugging Face checkpoints so that this matches their rotate-half.
+//!
+//! Weights are requantised to 8 bits at load time ([`QMatrix`]) and multiplied with f32
+//! activations by a batch-invariant kernel (see `qmatvec`), so a token's logits do not depend
+//! on what else is in its step.
+
+use kvmesh_core::{BlockId, KvDtype, KvGeometry, ModelDims};
+
+use crate::attention::PagedAttention;
+use crate::error::GgufError;
+use crate::gguf::GgufFile;
+use crate::kv_cache::{KvCache, KvCacheError};
+use crate::qmatvec::{qlinear, QMatrix, QBLOCK};
+
+/// Hyper-parameters of a llama-architecture model, read from GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// Feed-forward inner width.
+    pub intermediate_size: usize,
+    /// Transformer layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Trained context length.
+    pub max_context: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the `llama.*` metadata; errors if the architecture is not llama.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, GgufError> {
+        let arch = file.require_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(GgufError::Malformed {
+                offset: 0,
+                what: format!(
+                    "architecture '{arch}' is not supported: kvmesh runs llama-architecture models"
+                ),
+            });
+        }
+        let u = |k: &str| -> Result<usize, GgufError> {
+            Ok(file.require_u64(&format!("llama.{k}"))? as usize)
+        };
+        let f = |k: &str, default: f64| -> f32 {
+            file.get(&format!("llama.{k}"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(default) as f32
+        };
+        let hidden_size = u("embedding_length")?;
+        let num_heads = u("attention.head_count")?;
+        let num_kv_heads = file
+            .get("llama.attention.head_count_kv")
+            .and_then(|v| v.as_u64())
+            .map_or(num_heads, |v| v as usize);
+        let embd = file.tensor("token_embd.weight")?;
+        let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let cfg = LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: u("feed_forward_length")?,
+            num_layers: u("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim: hidden_size.checked_div(num_heads).unwrap_or(0),
+            rope_theta: f("rope.freq_base", 10_000.0),
+            rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+            max_context: u("context_length")?,
+        };
+        let bad = |what: String| GgufError::Malformed { offset: 0, what };
+        if cfg.num_heads == 0
+            || cfg.num_kv_heads == 0
+            || cfg.num_heads % cfg.num_kv_heads != 0
+            || cfg.hidden_size % cfg.num_heads != 0
+            || cfg.head_dim % 2 != 0
+            || cfg.num_layers == 0
+            || cfg.vocab_size == 0
+        {
+            return Err(bad(format!("inconsistent llama hyper-parameters: {cfg:?}")));
+        }
+        Ok(cfg)
+    }
+
+    /// The KV geometry of this model at f32 in blocks of `block_size` tokens.
+    pub fn kv_geometry(&self, block_size: u32) -> KvGeometry {
+        KvGeometry::new(
+            ModelDims {
+                num_layers: self.num_layers as u32,
+                num_query_heads: self.num_heads as u32,
+                num_kv_heads: self.num_kv_heads as u32,
+                head_dim: self.head_dim as u32,
+                max_context: Some(self.max_context as u32),
+            },
+            KvDtype::F32,
+            block_size,
+        )
+        .expect("validated in from_gguf")
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+/// A run of new tokens of one sequence, part of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// The sequence's block table, covering positions `0..start + tokens.len()`.
+    pub block_table: &'a [BlockId],
+    /// Position of the first token (tokens before it are already in the cache).
+    pub start: usize,
+    /// The tokens.
+    pub tokens: &'a [u32],
+    /// Whether to return logits for the chunk's last token.
+    pub logits: bool,
+}
+
+/// A loaded model.
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    /// Token embeddings, also the output projection when the file ties them.
+    embed: QMatrix,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    /// The output projection, when not tied to the embedding.
+    output: Option<QMatrix>,
+    attention: PagedAttention,
+    /// RoPE inverse frequencies `theta^(-2i / head_dim)`, one per rotated pair.
+    inv_freq: Vec<f32>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl LlamaModel {
+    /// Loads weights from a parsed GGUF file, dequantising to f32.
+    pub fn load(file: &GgufFile, threads: usize) -> Result<Self, GgufError> {
+        let cfg = LlamaConfig::from_gguf(file)?;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix, GgufError> {
+            let info = file.tensor(name)?;
+            if info.dims != [cols as u64, rows as u64] {
+                return Err(GgufError::Malformed {
+                    offset: info.offset,
+                    what: format!(
+                        "tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
+                        info.dims
+                    ),
+                });
+            }
+            if cols % QBLOCK != 0 {
+                return Err(GgufError::Malformed {
+                    offset: info.offset,
+                    what: format!("tensor '{name}' rows of {cols} are not a multiple of {QBLOCK}"),
+                });
+            }
+            Ok(QMatrix::quantize(&file.tensor_f32(name)?, rows, cols))
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, GgufError> {
+            let v = file.tensor_f32(name)?;
+            if v.len() != len {
+                return Err(GgufError::Malformed {
+                    offset: file.tensor(name)?.offset,
+                    what: format!("tensor '{name}' has {} elements, expected {len}", v.len()),
+                });
+            }
+            Ok(v)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm"), h)?,
+                wq: matrix(&p("attn_q"), cfg.num_heads * hd, h)?,
+                wk: matrix(&p("attn_k"), cfg.num_kv_heads * hd, h)?,
+                wv: matrix(&p("attn_v"), cfg.num_kv_heads * hd, h)?,
+                wo: matrix(&p("attn_output"), h, cfg.num_heads * hd)?,
+                ffn_norm: vector(&p("ffn_norm"), h)?,
+                w_gate: matrix(&p("ffn_gate"), cfg.intermediate_size, h)?,
+                w_up: matrix(&p("ffn_up"), cfg.intermediate_size, h)?,
+                w_down: matrix(&p("ffn_down"), h, cfg.intermediate_size)?,
+            });
+        }
+        let embed = matrix("token_embd.weight", cfg.vocab_size, h)?;
+        let output = match file.tensor("output.weight") {
+            Ok(_) => Some(matrix("output.weight", cfg.vocab_size, h)?),
+            Err(GgufError::MissingTensor(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(LlamaModel {
+            embed,
+            out_norm: vector("output_norm.weight", h)?,
+            layers,
+            output,
+            attention: PagedAttention::new(),
+            inv_freq: (0..cfg.head_dim / 2)
+                .map(|i| cfg.rope_theta.powf(-2.0 * i as f32 / cfg.head_dim as f32))
+                .collect(),
+            threads: threads.max(1),
+            cfg,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.bytes()
+                    + l.wk.bytes()
+                    + l.wv.bytes()
+                    + l.wo.bytes()
+                    + l.w_gate.bytes()
+                    + l.w_up.bytes()
+                    + l.w_down.bytes()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+            })
+            .sum();
+        layers + self.embed.bytes() + self.output.as_ref().map_or(0, QMatrix::bytes)
+    }
+
+    /// Runs one step over `chunks`, writing their K/V into `cache`, and returns the logits of
+    /// the last token of every chunk with `logits` set, in chunk order.
+    ///
+    /// Errors (and changes nothing in later layers) when a block table does not cover its
+    /// chunk or the cache does not match the model.
+    ///
+    /// # Panics
+    /// If a token id is outside the vocabulary; the engine validates prompts on entry.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        chunks: &[Chunk<'_>],
+    ) -> Result<Vec<Vec<f32>>, KvCacheError> {
+        let cfg = &self.cfg;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        let mut x = Vec::with_capacity(n * h);
+        let mut positions = Vec::with_capacity(n);
+        for c in chunks {
+            for (i, &t) in c.tokens.iter().enumerate() {
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                self.embed.dequantize_row(t as usize, &mut x[at..]);
+                positions.push(c.start + i);
+            }
+        }
+        let mut normed = vec![0.0; n * h];
+        let mut q = vec![0.0; n * q_dim];
+        let mut k = vec![0.0; n * kv_dim];
+        let mut v = vec![0.0; n * kv_dim];
+        let mut attn = vec![0.0; n * q_dim];
+        let mut proj = vec![0.0; n * h];
+        let mut gate = vec![0.0; n * cfg.intermediate_size];
+        let mut up = vec![0.0; n * cfg.intermediate_size];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, cfg.rms_eps, &mut normed);
+            qlinear(&normed, n, &layer.wq, &mut q, self.threads);
+            qlinear(&normed, n, &layer.wk, &mut k, self.threads);
+            qlinear(&normed, n, &layer.wv, &mut v, self.threads);
+            for (t, &pos) in positions.iter().enumerate() {
+                rope(&mut q[t * q_dim..(t + 1) * q_dim], &self.inv_freq, pos);
+                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], &self.inv_freq, pos);
+            }
+            let mut row = 0;
+            for c in chunks {
+                let len = c.tokens.len();
+                cache.write_tokens(
+                    li as u32,
+                    c.block_table,
+                    c.start,
+                    &k[row * kv_dim..(row + len) * kv_dim],
+                    &v[row * kv_dim..(row + len) * kv_dim],
+                )?;
+                self.attention.prefill(
+                    cache,
+                    li as u32,
+                    c.block_table,
+                    c.start,
+                    &q[row * q_dim..(row + len) * q_dim],
+                    &mut attn[row * q_dim..(row + len) * q_dim],
+                    scale,
+                )?;
+                row += len;
+            }
+            qlinear(&attn, n, &layer.wo, &mut proj, self.threads);
+            add_assign(&mut x, &proj);
+
+            rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, &mut normed);
+            qlinear(&normed, n, &layer.w_gate, &mut gate, self.threads);
+            qlinear(&normed, n, &layer.w_up, &mut up, self.threads);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            qlinear(&gate, n, &layer.w_down, &mut proj, self.threads);
+            add_assign(&mut x, &proj);
+        }
+
+        // Logits only for the chunks that sample, all in one product.
+        let mut last_rows = Vec::new();
+        let mut row = 0;
+        for c in chunks {
+            row += c.tokens.len();
+            if c.logits && !c.tokens.is_empty() {
+                last_rows.extend_from_slice(&x[(row - 1) * h..row * h]);
+            }
+        }
+        let m = last_rows.len() / h;
+        let mut normed_last = vec![0.0; m * h];
+        rms_norm(&last_rows, &self.out_norm, cfg.rms_eps, &mut normed_last);
+        let mut logits = vec![0.0; m * cfg.vocab_size];
+        let output = self.output.as_ref().unwrap_or(&self.embed);
+        qlinear(&normed_last, m, output, &mut logits, self.threads);
+        let results: Vec<Vec<f32>> = logits
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect();
+        Ok(results)
+    }
+}
+
+/// `out = x / rms(x) * w`, row by row (rows of `w.len()`).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
+            *o = xv * inv * wv;
+        }
+    }
+}
+
+/// Rotates adjacent pairs of every head vector in `x` by the angles of `pos`.
+fn rope(x: &mut [f32], inv_freq: &[f32], pos: usize) {
+    let head_dim = 2 * inv_freq.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &freq) in inv_freq.iter().enumerate() {
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos - b * sin;
+            head[2 * i + 1] = a * sin + b * cos;
+        }
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
