@@ -176,20 +176,19 @@ impl ModelDims {
     /// (multimodal models) are understood too. This does no IO: the caller reads the file and
     /// adds its path to the error.
     pub fn from_hf_config(json: &str) -> Result<Self, GeometryError> {
-        let root: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| {
-                // serde_json appends " at line L column C"; the variant carries them already.
-                let full = e.to_string();
-                let message = match full.rfind(" at line ") {
-                    Some(i) => full[..i].to_string(),
-                    None => full,
-                };
-                GeometryError::ConfigSyntax {
-                    line: e.line(),
-                    column: e.column(),
-                    message,
-                }
-            })?;
+        let root: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            // serde_json appends " at line L column C"; the variant carries them already.
+            let full = e.to_string();
+            let message = match full.rfind(" at line ") {
+                Some(i) => full[..i].to_string(),
+                None => full,
+            };
+            GeometryError::ConfigSyntax {
+                line: e.line(),
+                column: e.column(),
+                message,
+            }
+        })?;
         let cfg = match root.get("text_config") {
             Some(text) if text.is_object() => text,
             _ => &root,
@@ -655,7 +654,10 @@ mod tests {
             matches!(err, GeometryError::ConfigSyntax { line: 3, .. }),
             "{err}"
         );
-        assert!(!err.to_string().contains(" at line "), "position once: {err}");
+        assert!(
+            !err.to_string().contains(" at line "),
+            "position once: {err}"
+        );
         let err = ModelDims::from_hf_config(r#"{"num_attention_heads": 8, "hidden_size": 64}"#)
             .unwrap_err();
         assert!(err.to_string().contains("num_hidden_layers"), "{err}");

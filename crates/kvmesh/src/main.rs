@@ -1,14 +1,21 @@
 //! The kvmesh command line.
 //!
-//! One subcommand today, `calc` (KV-cache capacity planning, [`calc`]). Arguments are parsed
-//! here and validated by each subcommand's module; `anyhow` is used in this binary only.
+//! Subcommands: `calc` (KV-cache capacity planning, [`calc`]), `sim` (fleet simulation,
+//! [`sim`]), `model` (the verified model store, [`model_cmd`]), `generate` (one prompt
+//! through the CPU engine, [`generate`]) and `bench` (system-level measurements, [`bench`]).
+//! Arguments are parsed here and validated by each subcommand's module; `anyhow` is used in
+//! this binary only.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod calc;
+mod generate;
+mod model_cmd;
+mod sim;
 
 /// kvmesh: a KV-cache system for LLM serving
 #[derive(Debug, Parser)]
@@ -21,12 +28,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Calc(calc::CalcArgs),
+    Sim(sim::SimArgs),
+    Model(model_cmd::ModelArgs),
+    Generate(generate::GenerateArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Calc(args) => calc::run(args),
+        Command::Sim(args) => sim::run(args),
+        Command::Model(args) => model_cmd::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     let text = match result {
         Ok(text) => text,

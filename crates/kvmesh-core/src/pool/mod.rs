@@ -162,6 +162,23 @@ impl Default for BlockPoolBuilder {
 }
 
 impl BlockPoolBuilder {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.num_blocks == 0 {
+            return Err(ConfigError::ZeroBlocks);
+        }
+        if self.block_size == 0 {
+            return Err(ConfigError::ZeroBlockSize);
+        }
+        let max = NO_BLOCK as usize - 1;
+        if self.num_blocks > max {
+            return Err(ConfigError::TooManyBlocks {
+                requested: self.num_blocks,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Total blocks (required; at least 1, at most `u32::MAX - 1`).
     pub fn num_blocks(&mut self, n: usize) -> &mut Self {
         self.num_blocks = n;
@@ -194,6 +211,8 @@ impl BlockPoolBuilder {
 
     /// Builds the pool with the configured built-in policy.
     pub fn build(&self) -> Result<BlockPool, ConfigError> {
+        // Validate before the policy allocates its per-block state.
+        self.validate()?;
         self.build_with_policy(self.eviction.build(self.num_blocks))
     }
 
@@ -202,19 +221,7 @@ impl BlockPoolBuilder {
         &self,
         policy: Box<dyn EvictionPolicy>,
     ) -> Result<BlockPool, ConfigError> {
-        if self.num_blocks == 0 {
-            return Err(ConfigError::ZeroBlocks);
-        }
-        if self.block_size == 0 {
-            return Err(ConfigError::ZeroBlockSize);
-        }
-        let max = NO_BLOCK as usize - 1;
-        if self.num_blocks > max {
-            return Err(ConfigError::TooManyBlocks {
-                requested: self.num_blocks,
-                max,
-            });
-        }
+        self.validate()?;
         let meta = BlockMeta {
             hash: SequenceHash::from_u128(0),
             last_access: 0,

@@ -54,6 +54,11 @@ fn builder_rejects_impossible_settings() {
             .unwrap_err(),
         ConfigError::ZeroBlockSize
     );
+    // Rejected before anything sized by the block count is allocated.
+    assert!(matches!(
+        BlockPool::builder().num_blocks(u32::MAX as usize).build(),
+        Err(ConfigError::TooManyBlocks { .. })
+    ));
 }
 
 #[test]

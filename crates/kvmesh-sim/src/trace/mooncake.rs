@@ -1,4 +1,4 @@
-//! Request traces: the Mooncake JSON-lines format.
+//! The Mooncake JSON-lines trace format.
 //!
 //! Mooncake's published traces (`conversation_trace.jsonl` and friends, from the Mooncake paper's
 //! artefact repository) hold one request per line:
@@ -12,33 +12,27 @@
 //! * `hash_ids`: one id per **512-token block** of the prompt ([`MOONCAKE_BLOCK_TOKENS`]), the
 //!   last one possibly partial, so `hash_ids.len() == ceil(input_length / 512)`. Equal ids mean
 //!   equal prefixes up to and including that block, which is what prefix caching can reuse; the
-//!   ids are the trace's own and unrelated to kvmesh's sequence hashes.
+//!   ids are the trace's own and unrelated to kvmesh's sequence hashes. Traces written in
+//!   this format by other tools may use another block size (the team's `shared_prefix` traces
+//!   use 16 or 512); [`crate::Workload::from_mooncake`] takes it as a parameter.
 //!
 //! Fields beyond these four are ignored; the four are required. Blank lines are skipped.
 //! Nothing else is checked here (timestamps need not be sorted, `hash_ids` need not match
 //! `input_length`): the simulator decides what it needs.
 //!
-//! # Bounded memory and errors
-//!
-//! [`MooncakeReader`] streams records from any [`BufRead`] and never holds more than one line,
-//! of at most [`MAX_LINE_BYTES`] (16 MiB, about two million hash ids) by default; a longer line is
-//! an error naming it, found without reading the line whole. Every error is a [`TraceError`]
-//! carrying the source's name and, when a line is at fault, its 1-based number, displayed as
-//! `path:LINE: message`. After an error the reader yields nothing more.
+//! Reading is streamed and bounded; errors name the file and line (see [the module
+//! above](super)).
 
-use std::fmt;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
+
+use super::lines::LineReader;
+use super::{open, TraceError, TraceErrorKind};
 
 /// Tokens per Mooncake hash id: each id in `hash_ids` names one 512-token block of the prompt.
 pub const MOONCAKE_BLOCK_TOKENS: u32 = 512;
-
-/// The default longest line a trace reader accepts, in bytes (16 MiB), not counting the newline.
-pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// One request of a Mooncake trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,76 +55,6 @@ impl MooncakeRecord {
     }
 }
 
-/// What went wrong reading a trace; see [`TraceError`] for where.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum TraceErrorKind {
-    /// The source could not be opened or read.
-    #[error("cannot read: {0}")]
-    Io(io::Error),
-    /// A line is longer than the reader's limit.
-    #[error("line longer than the limit of {limit} bytes")]
-    LineTooLong {
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// A line is not a valid record.
-    #[error("invalid record at column {column}: {message}")]
-    InvalidRecord {
-        /// 1-based column (byte) where parsing failed.
-        column: usize,
-        /// The parser's message, without its position.
-        message: String,
-    },
-}
-
-/// An error reading a trace, with the source's name and the line at fault.
-///
-/// Displays as `path:LINE: message`, or `path: message` when no line is at fault (the file could
-/// not be opened).
-#[derive(Debug)]
-pub struct TraceError {
-    path: PathBuf,
-    line: Option<u64>,
-    kind: TraceErrorKind,
-}
-
-impl TraceError {
-    fn new(path: &Path, line: Option<u64>, kind: TraceErrorKind) -> Self {
-        TraceError {
-            path: path.to_path_buf(),
-            line,
-            kind,
-        }
-    }
-
-    /// The file (or source name) being read.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The 1-based line at fault, if the error is about one line.
-    pub fn line(&self) -> Option<u64> {
-        self.line
-    }
-
-    /// What went wrong.
-    pub fn kind(&self) -> &TraceErrorKind {
-        &self.kind
-    }
-}
-
-impl fmt::Display for TraceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.path.display(), self.kind),
-            None => write!(f, "{}: {}", self.path.display(), self.kind),
-        }
-    }
-}
-
-impl std::error::Error for TraceError {}
-
 /// Streams [`MooncakeRecord`]s from a reader, one bounded line at a time.
 ///
 /// ```
@@ -144,67 +68,27 @@ impl std::error::Error for TraceError {}
 /// ```
 #[derive(Debug)]
 pub struct MooncakeReader<R> {
-    reader: R,
-    path: PathBuf,
-    line: u64,
-    max_line_bytes: usize,
-    buf: Vec<u8>,
-    done: bool,
+    lines: LineReader<R>,
 }
 
 impl<R: BufRead> MooncakeReader<R> {
     /// A reader over `reader`, naming it `source` (usually its path) in errors.
     pub fn new(reader: R, source: impl Into<PathBuf>) -> Self {
         MooncakeReader {
-            reader,
-            path: source.into(),
-            line: 0,
-            max_line_bytes: MAX_LINE_BYTES,
-            buf: Vec::new(),
-            done: false,
+            lines: LineReader::new(reader, source.into()),
         }
     }
 
-    /// Sets the longest line accepted, in bytes without the newline (default [`MAX_LINE_BYTES`]).
+    /// Sets the longest line accepted, in bytes without the newline (default
+    /// [`MAX_LINE_BYTES`](super::MAX_LINE_BYTES)).
     pub fn max_line_bytes(mut self, limit: usize) -> Self {
-        self.max_line_bytes = limit;
+        self.lines.set_max_line_bytes(limit);
         self
     }
 
     /// The 1-based number of the last line read (0 before the first).
     pub fn line(&self) -> u64 {
-        self.line
-    }
-
-    fn error(&mut self, line: Option<u64>, kind: TraceErrorKind) -> TraceError {
-        self.done = true;
-        TraceError::new(&self.path, line, kind)
-    }
-
-    /// Reads the next line into `self.buf` without its terminator; `false` at the end.
-    fn next_line(&mut self) -> Result<bool, TraceError> {
-        self.buf.clear();
-        self.line += 1;
-        let limit = self.max_line_bytes.saturating_add(1) as u64;
-        let read = (&mut self.reader)
-            .take(limit)
-            .read_until(b'\n', &mut self.buf);
-        match read {
-            Err(e) => Err(self.error(Some(self.line), TraceErrorKind::Io(e))),
-            Ok(0) => Ok(false),
-            Ok(_) => {
-                if self.buf.last() == Some(&b'\n') {
-                    self.buf.pop();
-                    if self.buf.last() == Some(&b'\r') {
-                        self.buf.pop();
-                    }
-                } else if self.buf.len() > self.max_line_bytes {
-                    let limit = self.max_line_bytes;
-                    return Err(self.error(Some(self.line), TraceErrorKind::LineTooLong { limit }));
-                }
-                Ok(true)
-            }
-        }
+        self.lines.line()
     }
 }
 
@@ -212,26 +96,26 @@ impl<R: BufRead> Iterator for MooncakeReader<R> {
     type Item = Result<MooncakeRecord, TraceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            match self.next_line() {
+        loop {
+            let line = match self.lines.next_line() {
                 Err(e) => return Some(Err(e)),
-                Ok(false) => self.done = true,
-                Ok(true) if self.buf.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(true) => {
-                    return Some(match serde_json::from_slice(&self.buf) {
-                        Ok(record) => Ok(record),
-                        Err(e) => {
-                            let kind = TraceErrorKind::InvalidRecord {
-                                column: e.column(),
-                                message: message_without_position(&e),
-                            };
-                            Err(self.error(Some(self.line), kind))
-                        }
-                    });
-                }
+                Ok(None) => return None,
+                Ok(Some(line)) => line,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
+            return Some(match serde_json::from_slice(line) {
+                Ok(record) => Ok(record),
+                Err(e) => {
+                    let kind = TraceErrorKind::InvalidRecord {
+                        column: e.column(),
+                        message: message_without_position(&e),
+                    };
+                    Err(self.lines.error(kind))
+                }
+            });
         }
-        None
     }
 }
 
@@ -256,8 +140,7 @@ pub fn read_mooncake<R: BufRead>(
 /// Reads every record of the Mooncake trace at `path`.
 pub fn read_mooncake_file(path: impl AsRef<Path>) -> Result<Vec<MooncakeRecord>, TraceError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| TraceError::new(path, None, TraceErrorKind::Io(e)))?;
-    read_mooncake(BufReader::new(file), path)
+    read_mooncake(open(path)?, path)
 }
 
 #[cfg(test)]
@@ -383,18 +266,9 @@ mod tests {
         );
     }
 
-    /// The Mooncake conversation trace in `../shared/data`, when this checkout has it.
-    fn shared_trace() -> Option<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        ["shared/data", "../shared/data"]
-            .iter()
-            .map(|dir| root.join(dir).join("mooncake/conversation_trace.jsonl"))
-            .find(|p| p.is_file())
-    }
-
     #[test]
     fn real_mooncake_conversation_trace() {
-        let Some(path) = shared_trace() else {
+        let Some(path) = crate::trace::shared_data("mooncake/conversation_trace.jsonl") else {
             eprintln!("skipping: mooncake/conversation_trace.jsonl not found under shared/data");
             return;
         };

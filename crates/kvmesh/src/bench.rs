@@ -1,0 +1,231 @@
+//! `kvmesh bench engine`: the engine's system-level numbers on the real model.
+//!
+//! - prefill throughput: one cold prompt of 512 and of 2,048 tokens (prefix caching off),
+//!   tokens / time to first token;
+//! - decode throughput at batch 1, 8 and 16: that many sequences with 512-token contexts
+//!   generating together, generated tokens / decode time (prefill excluded);
+//! - TTFT of a 2,048-token prompt cold, then of a second prompt sharing its first 1,984 tokens
+//!   (prefix caching on): the speed-up prefix caching gives.
+//!
+//! Prompts are token ids drawn from a fixed-seed generator over ordinary (non-control) tokens,
+//! so runs are repeatable and need no text corpus.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use kvmesh_engine::{
+    Engine, EngineConfig, GgufFile, LlamaModel, ModelStore, SamplingParams, Tokenizer,
+    DEFAULT_MODEL,
+};
+use serde::Serialize;
+
+use crate::model_cmd;
+
+/// Measure kvmesh components on this machine.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchTarget,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// Prefill and decode throughput and prefix-cache TTFT of the CPU engine on the real model
+    Engine(EngineBenchArgs),
+}
+
+/// Settings of `kvmesh bench engine`.
+#[derive(Debug, Args)]
+pub struct EngineBenchArgs {
+    /// Model name in the store
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Model directory [default: $KVMESH_MODELS_DIR, else ~/.cache/kvmesh/models]
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tokens generated per sequence in the decode runs
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    threads: usize,
+    weights_mib: f64,
+    prefill: Vec<Throughput>,
+    decode: Vec<Throughput>,
+    ttft_cold_ms: f64,
+    ttft_cached_ms: f64,
+    cached_tokens: usize,
+    ttft_speedup: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    /// Prompt length (prefill) or batch size (decode).
+    size: usize,
+    tokens_per_s: f64,
+}
+
+/// Runs `kvmesh bench ...`.
+pub fn run(args: &BenchArgs) -> Result<String> {
+    match &args.what {
+        BenchTarget::Engine(a) => engine(a),
+    }
+}
+
+fn engine(args: &EngineBenchArgs) -> Result<String> {
+    let store = model_cmd::store(args.models_dir.as_ref());
+    let spec = ModelStore::spec(&args.model)?;
+    let path = store
+        .find(spec)
+        .with_context(|| format!("model '{}' absent: run `kvmesh model fetch`", spec.name))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let file = GgufFile::open(&path)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let model = Arc::new(LlamaModel::load(&file, threads)?);
+    drop(file);
+    let vocab: Vec<u32> = (0..tokenizer.vocab_size() as u32)
+        .filter(|&t| !tokenizer.is_special(t))
+        .collect();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut prompt = |len: usize| -> Vec<u32> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                vocab[(seed % vocab.len() as u64) as usize]
+            })
+            .collect()
+    };
+    let new_engine = |prefix_caching: bool| -> Result<Engine> {
+        Ok(Engine::new(
+            Arc::clone(&model),
+            EngineConfig {
+                num_blocks: 1024,
+                enable_prefix_caching: prefix_caching,
+                max_num_batched_tokens: 2048,
+                ..EngineConfig::default()
+            },
+            Vec::new(),
+        )?)
+    };
+    let one_token = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(1)
+    };
+
+    let mut prefill = Vec::new();
+    for len in [512usize, 2048] {
+        let mut e = new_engine(false)?;
+        let ttft = time_to_first_token(&mut e, prompt(len), one_token.clone())?;
+        prefill.push(Throughput {
+            size: len,
+            tokens_per_s: len as f64 / ttft.as_secs_f64(),
+        });
+    }
+
+    let mut decode = Vec::new();
+    for batch in [1usize, 8, 16] {
+        let mut e = new_engine(false)?;
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(args.decode_tokens)
+        };
+        for _ in 0..batch {
+            e.add_request(prompt(512), params.clone())?;
+        }
+        // Prefill everything first (each request's first token comes with its prefill).
+        let mut started = 0;
+        while started < batch {
+            started += e.step()?.iter().filter(|o| o.token.is_some()).count();
+        }
+        let t = Instant::now();
+        let mut generated = 0;
+        while e.has_unfinished() {
+            generated += e.step()?.iter().filter(|o| o.token.is_some()).count();
+        }
+        decode.push(Throughput {
+            size: batch,
+            tokens_per_s: generated as f64 / t.elapsed().as_secs_f64(),
+        });
+    }
+
+    let mut e = new_engine(true)?;
+    let base = prompt(2048);
+    let cold = time_to_first_token(&mut e, base.clone(), one_token.clone())?;
+    let mut second = base[..1984].to_vec();
+    second.extend(prompt(64));
+    let hits_before = e.stats().pool.hit_tokens;
+    let warm = time_to_first_token(&mut e, second, one_token)?;
+    let cached_tokens = (e.stats().pool.hit_tokens - hits_before) as usize;
+
+    let report = Report {
+        threads,
+        weights_mib: model.weight_bytes() as f64 / (1 << 20) as f64,
+        prefill,
+        decode,
+        ttft_cold_ms: cold.as_secs_f64() * 1e3,
+        ttft_cached_ms: warm.as_secs_f64() * 1e3,
+        cached_tokens,
+        ttft_speedup: cold.as_secs_f64() / warm.as_secs_f64(),
+    };
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&report)? + "\n");
+    }
+    let mut out = format!(
+        "kvmesh engine on {} ({} threads, weights {:.0} MiB)\n\n",
+        spec.name, report.threads, report.weights_mib
+    );
+    for p in &report.prefill {
+        out += &format!(
+            "prefill {:>5} tokens      {:>8.1} tok/s\n",
+            p.size, p.tokens_per_s
+        );
+    }
+    for d in &report.decode {
+        out += &format!(
+            "decode  batch {:>2} @ ctx 512  {:>8.1} tok/s\n",
+            d.size, d.tokens_per_s
+        );
+    }
+    out += &format!(
+        "TTFT 2048-token prompt: cold {:.1} ms, with {} tokens cached {:.1} ms ({:.1}x faster)\n",
+        report.ttft_cold_ms, report.cached_tokens, report.ttft_cached_ms, report.ttft_speedup
+    );
+    Ok(out)
+}
+
+fn time_to_first_token(
+    engine: &mut Engine,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+) -> Result<Duration> {
+    let id = engine.add_request(prompt, params)?;
+    let start = Instant::now();
+    loop {
+        if engine
+            .step()?
+            .iter()
+            .any(|o| o.id == id && o.token.is_some())
+        {
+            let t = start.elapsed();
+            while engine.has_unfinished() {
+                engine.step()?;
+            }
+            return Ok(t);
+        }
+    }
+}
