@@ -257,7 +257,7 @@ impl ModelDims {
                 return Err(GeometryError::Zero { field });
             }
         }
-        if self.num_query_heads % self.num_kv_heads != 0 {
+        if !self.num_query_heads.is_multiple_of(self.num_kv_heads) {
             return Err(GeometryError::HeadsNotDivisible {
                 query_heads: self.num_query_heads,
                 kv_heads: self.num_kv_heads,

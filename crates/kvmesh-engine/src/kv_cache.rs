@@ -235,7 +235,7 @@ impl KvCache {
     ) -> Result<(), KvCacheError> {
         self.check_layer(layer)?;
         let row = self.token_row_len();
-        if k.len() % row != 0 {
+        if !k.len().is_multiple_of(row) {
             return Err(KvCacheError::ShapeMismatch {
                 what: "k (a whole number of kv_heads x head_dim rows)",
                 expected: k.len() / row * row,

@@ -98,9 +98,9 @@ impl LlamaConfig {
         let bad = |what: String| GgufError::Malformed { offset: 0, what };
         if cfg.num_heads == 0
             || cfg.num_kv_heads == 0
-            || cfg.num_heads % cfg.num_kv_heads != 0
-            || cfg.hidden_size % cfg.num_heads != 0
-            || cfg.head_dim % 2 != 0
+            || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads)
+            || !cfg.hidden_size.is_multiple_of(cfg.num_heads)
+            || !cfg.head_dim.is_multiple_of(2)
             || cfg.num_layers == 0
             || cfg.vocab_size == 0
         {
@@ -190,7 +190,7 @@ impl LlamaModel {
                     ),
                 });
             }
-            if cols % QBLOCK != 0 {
+            if !cols.is_multiple_of(QBLOCK) {
                 return Err(GgufError::Malformed {
                     offset: info.offset,
                     what: format!("tensor '{name}' rows of {cols} are not a multiple of {QBLOCK}"),

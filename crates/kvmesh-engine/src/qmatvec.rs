@@ -255,7 +255,7 @@ mod x86 {
         acc: &mut [[f32; TOKEN_TILE]; 2],
     ) {
         let cols = xs[0].len();
-        assert!(cols % QBLOCK == 0);
+        assert!(cols.is_multiple_of(QBLOCK));
         for (q, d) in w {
             assert!(q.len() == cols && d.len() == cols / QBLOCK);
         }

@@ -64,7 +64,8 @@ impl GgmlType {
     /// Bytes for `elements` elements; `None` if not a whole number of blocks or overflowing.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let be = self.block_elements();
-        (elements % be == 0)
+        elements
+            .is_multiple_of(be)
             .then(|| (elements / be).checked_mul(self.block_bytes()))
             .flatten()
     }

@@ -421,7 +421,7 @@ fn sharded_index_under_concurrent_writers_and_readers() {
                     tier: Tier::Device,
                 });
             }
-            if (round + w) % 3 == 0 {
+            if (round + w).is_multiple_of(3) {
                 for &hash in chain.iter().rev().take(8) {
                     events.push(KvEvent::Removed {
                         hash,

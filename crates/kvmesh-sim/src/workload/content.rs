@@ -122,7 +122,7 @@ impl BlockMapper {
             parent = self.hash(parent, id, offset, false);
             out.hashes.push(parent);
         }
-        if total % bs != 0 {
+        if !total.is_multiple_of(bs) {
             let (id, offset) = locate(total - 1);
             out.tail = Some(self.hash(parent, id, offset, true));
         }
