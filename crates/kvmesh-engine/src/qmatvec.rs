@@ -27,7 +27,9 @@
 //! The AVX2 micro-kernel computes a tile of 2 weight rows x 4 tokens: per 8 inputs it converts
 //! 16 weights (2 x `cvtepi8_epi32` + `cvtepi32_ps` + `mul` by the block scale) and issues 8
 //! FMAs, so prefill is compute-bound near the FMA throughput and decode streams weights once
-//! per step for all sequences. Rows are split across threads with rayon; each thread sweeps
+//! per step for all sequences. Tokens left over from whole tiles (a decode of one to three
+//! sequences) use 4-row x 1-token tiles, so no multiply is spent on padding; every tile shape
+//! applies the same operations to each element. Rows are split across threads with rayon; each thread sweeps
 //! token tiles over its rows, whose weights stay in cache.
 
 use rayon::prelude::*;
@@ -188,38 +190,61 @@ impl Kernel {
         n: usize,
         out_t: &mut [f32],
     ) {
-        let cols = w.cols;
         for t0 in (0..n).step_by(TOKEN_TILE) {
             let tn = TOKEN_TILE.min(n - t0);
-            let mut r = 0;
-            while r < rows {
-                let rn = 2.min(rows - r);
-                let mut acc = [[0f32; TOKEN_TILE]; 2];
-                let wr: [(&[i8], &[f32]); 2] = [w.row(r0 + r), w.row(r0 + r + rn - 1)];
-                let xs: [&[f32]; TOKEN_TILE] =
-                    std::array::from_fn(|j| &x[(t0 + j.min(tn - 1)) * cols..][..cols]);
-                match self {
-                    Kernel::Scalar => scalar_tile(&wr, &xs, &mut acc),
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => x86::tile_checked(&wr, &xs, &mut acc),
+            if tn == TOKEN_TILE {
+                self.tiles::<2, TOKEN_TILE>(w, r0, rows, x, t0, n, out_t);
+            } else {
+                // Fewer tokens than a tile (decode): one token at a time, more rows per tile,
+                // so no multiply is spent on padding. Same per-element operations.
+                for t in t0..t0 + tn {
+                    self.tiles::<4, 1>(w, r0, rows, x, t, n, out_t);
                 }
-                for (i, acc_row) in acc.iter().enumerate().take(rn) {
-                    for (j, v) in acc_row.iter().enumerate().take(tn) {
-                        out_t[(r + i) * n + t0 + j] = *v;
-                    }
-                }
-                r += rn;
             }
+        }
+    }
+
+    /// Tiles of `R` rows x `T` tokens starting at token `t0`, over rows `r0..r0 + rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn tiles<const R: usize, const T: usize>(
+        self,
+        w: &QMatrix,
+        r0: usize,
+        rows: usize,
+        x: &[f32],
+        t0: usize,
+        n: usize,
+        out_t: &mut [f32],
+    ) {
+        let cols = w.cols;
+        let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t0 + j) * cols..][..cols]);
+        let mut r = 0;
+        while r < rows {
+            let rn = R.min(rows - r);
+            // A short last tile repeats its last row; the copies are computed and dropped.
+            let wr: [(&[i8], &[f32]); R] = std::array::from_fn(|i| w.row(r0 + r + i.min(rn - 1)));
+            let mut acc = [[0f32; T]; R];
+            match self {
+                Kernel::Scalar => scalar_tile(&wr, &xs, &mut acc),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => x86::tile_checked(&wr, &xs, &mut acc),
+            }
+            for (i, acc_row) in acc.iter().enumerate().take(rn) {
+                for (j, v) in acc_row.iter().enumerate() {
+                    out_t[(r + i) * n + t0 + j] = *v;
+                }
+            }
+            r += rn;
         }
     }
 }
 
 /// Reference tile: the same per-element order as the SIMD kernel (8 lanes, lane-wise FMA in
 /// column order, then the fixed pairwise horizontal sum), so both are batch-invariant.
-fn scalar_tile(
-    w: &[(&[i8], &[f32]); 2],
-    xs: &[&[f32]; TOKEN_TILE],
-    acc: &mut [[f32; TOKEN_TILE]; 2],
+fn scalar_tile<const R: usize, const T: usize>(
+    w: &[(&[i8], &[f32]); R],
+    xs: &[&[f32]; T],
+    acc: &mut [[f32; T]; R],
 ) {
     for (i, (q, d)) in w.iter().enumerate() {
         for (j, x) in xs.iter().enumerate() {
@@ -246,13 +271,13 @@ fn hsum8(l: &[f32; 8]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{QBLOCK, TOKEN_TILE};
+    use super::QBLOCK;
 
     /// Only called after `Kernel::detect` found AVX2 and FMA.
-    pub(super) fn tile_checked(
-        w: &[(&[i8], &[f32]); 2],
-        xs: &[&[f32]; TOKEN_TILE],
-        acc: &mut [[f32; TOKEN_TILE]; 2],
+    pub(super) fn tile_checked<const R: usize, const T: usize>(
+        w: &[(&[i8], &[f32]); R],
+        xs: &[&[f32]; T],
+        acc: &mut [[f32; T]; R],
     ) {
         let cols = xs[0].len();
         assert!(cols.is_multiple_of(QBLOCK));
@@ -271,42 +296,38 @@ mod x86 {
     /// AVX2 and FMA must be available; every row has `cols` weights and `cols / 32` scales and
     /// every token `cols` inputs, with `cols` a multiple of 32.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(
-        w: &[(&[i8], &[f32]); 2],
-        xs: &[&[f32]; TOKEN_TILE],
-        acc: &mut [[f32; TOKEN_TILE]; 2],
+    unsafe fn tile<const R: usize, const T: usize>(
+        w: &[(&[i8], &[f32]); R],
+        xs: &[&[f32]; T],
+        acc: &mut [[f32; T]; R],
     ) {
         let cols = xs[0].len();
-        let mut a = [[_mm256_setzero_ps(); TOKEN_TILE]; 2];
-        let (q0, d0) = w[0];
-        let (q1, d1) = w[1];
+        let mut a = [[_mm256_setzero_ps(); T]; R];
         let mut c = 0;
         while c < cols {
             let b = c / QBLOCK;
             // SAFETY: c + 8 <= cols for every row and token (lengths checked by the caller).
             unsafe {
-                let w0 = _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        q0.as_ptr().add(c) as *const __m128i
-                    ))),
-                    _mm256_set1_ps(d0[b]),
-                );
-                let w1 = _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        q1.as_ptr().add(c) as *const __m128i
-                    ))),
-                    _mm256_set1_ps(d1[b]),
-                );
-                for j in 0..TOKEN_TILE {
+                let wv: [__m256; R] = std::array::from_fn(|i| {
+                    let (q, d) = w[i];
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            q.as_ptr().add(c) as *const __m128i,
+                        ))),
+                        _mm256_set1_ps(d[b]),
+                    )
+                });
+                for j in 0..T {
                     let xv = _mm256_loadu_ps(xs[j].as_ptr().add(c));
-                    a[0][j] = _mm256_fmadd_ps(w0, xv, a[0][j]);
-                    a[1][j] = _mm256_fmadd_ps(w1, xv, a[1][j]);
+                    for i in 0..R {
+                        a[i][j] = _mm256_fmadd_ps(wv[i], xv, a[i][j]);
+                    }
                 }
             }
             c += 8;
         }
-        for i in 0..2 {
-            for j in 0..TOKEN_TILE {
+        for i in 0..R {
+            for j in 0..T {
                 acc[i][j] = hsum(a[i][j]);
             }
         }
