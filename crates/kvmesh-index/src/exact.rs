@@ -5,47 +5,77 @@
 //! Peers keep a radix tree of blocks (Dynamo's `RadixTree`, SGLang's radix cache) and walk it
 //! from the root. kvmesh's block hashes are *chained* (each names its whole prefix), so a tree
 //! adds nothing to a lookup: `overlaps` looks each hash of the request up in one map and
-//! intersects the holder sets, stopping when no worker is left. Dropping the tree removes its
-//! costs: no parent/child pointers to keep consistent, nothing to re-link when events arrive
-//! out of order, and no interior nodes that outlive their blocks (Dynamo's concurrent tree
-//! leaves emptied nodes for a sweep every 5 minutes and grew 2.5x over a 10M-event churn run;
-//! its single-threaded `RadixTree` stays flat). A removed block's entry is deleted, and the
-//! maps shrink when they fall below a quarter full, so memory follows the live content.
+//! intersects the holder sets, stopping when no worker is left. Without a tree there are no
+//! parent/child pointers to keep consistent, nothing to re-link when events arrive out of
+//! order, and no interior nodes that outlive their blocks. A removed block's slot is deleted and
+//! the map shrinks when it falls below a quarter full, so memory follows the live content.
 //!
-//! Measured against Dynamo's `RadixTree` (2026-11-27, `BENCH.md` beside this crate) this design
-//! is *slower*: 0.36x its ingest, 2-3x its lookup latency and 1.6x its bytes per block. The
-//! tree probes one hash per compressed run where this map probes one per block (a cache miss
-//! each), and ingests a run per event. The per-worker sets cost half the ingest time. Known
-//! fixes, not yet made: per-worker counts instead of sets, run-level `apply_batch`, skipping
-//! the merge when consecutive blocks have the same holders, and positional (binary) search
-//! when workers' caches are prefix-closed.
+//! **One 16-byte slot per block.** The table maps the *low 64 bits* of the block's
+//! [`SequenceHash`] to a packed `u64`: one inline holder (worker id, tier mask), two inline
+//! holders (worker ids below 2^27, 4-bit masks), or the index of a sorted holder vector in a
+//! side arena for blocks held by three or more workers (shared system prompts) or by
+//! workers with larger ids. Keying by 64 bits is safe here because the index is a routing hint: two
+//! live blocks whose hashes share their low 64 bits would be merged into one entry, which can
+//! only mis-score a route (and skew `stats().blocks`); a worker's own block pool compares the
+//! full 128-bit hashes before it reuses any KV. With N live blocks the chance that any two
+//! collide is about N^2 / 2^65: 3e-8 at 1M blocks, 3e-5 at 32M. Dynamo keys its tree by 64-bit
+//! hashes too.
 //!
-//! Per block: one map entry (16-byte hash + 24-byte [`WorkerSet`](crate::worker_set), no heap
-//! for a single holder) and one entry in the holder's own hash set (16 bytes), which makes
-//! `Cleared` and worker removal proportional to that worker's blocks, not to the fleet's.
+//! **No per-worker block sets.** Each worker has only a count of the blocks it holds, so a
+//! store or remove touches one table slot. The price: `Cleared` and `remove_worker` scan the
+//! whole table, O(blocks in the index) instead of O(blocks of that worker). Both are rare
+//! (a worker's cache reset, a worker leaving); at 1M blocks a scan takes a few milliseconds.
 //!
-//! Cost of a lookup: one hash-map probe per block of the matched prefix plus a linear merge of
-//! the sorted holder sets; a shared system prompt held by all N workers costs O(N) per block.
+//! **Runs.** `apply_batch` skips the orphan check for a `Stored` whose parent is the block the
+//! previous event of the batch stored (engines publish a prefill as one chained run), and
+//! updates the worker's count once per batch.
+//!
+//! **Table.** `Table` (`table.rs`) is linear probing over 16-byte `(key, value)` buckets:
+//! one cache line per probe, where hashbrown's separate control bytes cost two dependent
+//! misses. `apply_batch` reads the bucket of the event a few places ahead so that misses overlap,
+//! and lookups probe a chunk of request blocks before merging them.
+//!
+//! Measured against Dynamo 1.6.1's `RadixTree` (2026-11-27, run E in `BENCH.md` beside this
+//! crate; shared 2-core VM, so ratios move by ~20% between runs): churn ingest 1.31x / 1.23x
+//! the tree's (16 / 256 workers; was 0.37x / 0.36x with per-worker sets and hashbrown), lookup
+//! p50 1.93x / 0.78x (was 3.07x / 2.24x), 27 / 24 bytes per (worker, block) entry against the
+//! tree's 76 / 77 (was 120). Targets still missed: 2x ingest and 0.5x lookup. Both need fewer
+//! than one random cache miss per block: the tree pays one per event run when ingesting and one
+//! per compressed edge when looking up; this table pays one per block.
+//!
+//! Cost of a lookup: one hash-map probe per block of the matched prefix (a cache miss each on a
+//! large index) plus a linear merge of the sorted holder sets, skipped when a block has exactly
+//! the holders of the block before it (a shared prefix held by N workers costs one O(N)
+//! comparison per block, not a merge).
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
-use kvmesh_core::{KvEvent, PassThroughHasher, SequenceHash, SequenceHashMap, Tier};
+use kvmesh_core::{KvEvent, PassThroughHasher, SequenceHash, Tier};
 
 use crate::overlap::{walk_prefix, OverlapScores, TierMask, WorkerId};
 use crate::stats::IndexStats;
+use crate::table::Table;
 use crate::traits::PrefixIndex;
-use crate::worker_set::{Holder, WorkerSet};
+use crate::worker_set::{Arena, Holders, Slot};
 
-type HashSetOfBlocks = HashSet<SequenceHash, BuildHasherDefault<PassThroughHasher>>;
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThroughHasher>>;
+
+/// The table key of a block: the low 64 bits of its hash (see the module doc).
+fn key(hash: SequenceHash) -> u64 {
+    hash.as_u128() as u64
+}
 
 /// The default single-threaded index. Wrap it in [`crate::ShardedIndex`] to share it between
 /// threads.
 #[derive(Debug, Default)]
 pub struct ExactIndex {
-    blocks: SequenceHashMap<WorkerSet>,
-    by_worker: HashMap<WorkerId, HashSetOfBlocks>,
+    /// Block key to packed [`Slot`].
+    blocks: Table,
+    /// Holder sets of blocks with two or more holders.
+    arena: Arena,
+    /// Blocks held per worker; workers holding nothing are absent.
+    counts: FastMap<WorkerId, usize>,
     stats: IndexStats,
 }
 
@@ -57,101 +87,149 @@ impl ExactIndex {
 
     /// The tiers `worker` holds `hash` on.
     pub fn holds(&self, worker: WorkerId, hash: SequenceHash) -> TierMask {
-        self.blocks
-            .get(&hash)
-            .map_or(TierMask::EMPTY, |s| s.get(worker))
+        self.holders(&hash).map_or(TierMask::EMPTY, |hs| {
+            let s = hs.as_slice();
+            s.binary_search_by_key(&worker, |&(w, _)| w)
+                .map_or(TierMask::EMPTY, |j| s[j].1)
+        })
     }
 
     /// The holders of one block, sorted by worker.
-    pub(crate) fn holders(&self, hash: &SequenceHash) -> Option<&[Holder]> {
-        self.blocks.get(hash).map(WorkerSet::as_slice)
+    pub(crate) fn holders(&self, hash: &SequenceHash) -> Option<Holders<'_>> {
+        self.blocks.get(key(*hash)).map(|v| match Slot::unpack(v) {
+            Slot::One(h) => Holders::One(h),
+            Slot::Two(a, b) => Holders::Two([a, b]),
+            Slot::Many(i) => Holders::Many(self.arena.get(i)),
+        })
     }
 
     /// Workers known to hold anything.
     pub fn workers(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        self.by_worker.keys().copied()
+        self.counts.keys().copied()
     }
 
     /// Records that `worker` holds `hash` on `tier` (no orphan check, no event counter).
     pub(crate) fn store(&mut self, worker: WorkerId, hash: SequenceHash, tier: Tier) {
-        let old = match self.blocks.entry(hash) {
-            Entry::Occupied(mut e) => {
-                let old = e.get().get(worker);
-                if old.contains(tier) {
-                    self.stats.duplicate_stores += 1;
-                    return;
-                }
-                e.get_mut().set(worker, old.with(tier));
-                old
-            }
-            Entry::Vacant(v) => {
-                v.insert(WorkerSet::One((worker, TierMask::of(tier))));
-                TierMask::EMPTY
-            }
-        };
-        if old.is_empty() {
-            self.by_worker.entry(worker).or_default().insert(hash);
+        if self.insert(worker, hash, tier) {
+            self.add_count(worker, 1);
         }
     }
 
-    /// Clears `tier` (or every tier, for `None`) of `worker`'s copy of `hash`. Returns whether
-    /// the worker held it on that tier. Does not touch `by_worker`.
-    fn unset(&mut self, worker: WorkerId, hash: SequenceHash, tier: Option<Tier>) -> Unset {
-        let Some(set) = self.blocks.get_mut(&hash) else {
-            return Unset::Absent;
-        };
-        let old = set.get(worker);
-        let new = match tier {
-            Some(t) if !old.contains(t) => return Unset::Absent,
-            Some(t) => old.without(t),
-            None => TierMask::EMPTY,
-        };
-        set.set(worker, new);
-        if set.is_empty() {
-            self.blocks.remove(&hash);
+    /// Adds `tier` to `worker`'s copy of `hash`; returns whether the worker did not hold the
+    /// block before (a new entry). Counts duplicates; leaves `counts` alone.
+    fn insert(&mut self, worker: WorkerId, hash: SequenceHash, tier: Tier) -> bool {
+        let add = TierMask::of(tier);
+        let k = key(hash);
+        match self.blocks.find(k) {
+            None => {
+                self.blocks.insert_new(k, Slot::One((worker, add)).pack());
+                true
+            }
+            Some(slot) => {
+                let mut buf = [(WorkerId(0), TierMask::EMPTY); 3];
+                let n = match Slot::unpack(*self.blocks.value_mut(slot)) {
+                    Slot::One(h) => {
+                        buf[0] = h;
+                        1
+                    }
+                    Slot::Two(h0, h1) => {
+                        buf[0] = h0;
+                        buf[1] = h1;
+                        2
+                    }
+                    Slot::Many(i) => {
+                        let set = self.arena.get_mut(i);
+                        return match set.binary_search_by_key(&worker, |&(w, _)| w) {
+                            Ok(j) => {
+                                if set[j].1.contains(tier) {
+                                    self.stats.duplicate_stores += 1;
+                                } else {
+                                    set[j].1 = set[j].1.with(tier);
+                                }
+                                false
+                            }
+                            Err(j) => {
+                                set.insert(j, (worker, add));
+                                true
+                            }
+                        };
+                    }
+                };
+                let (n, new) = match buf[..n].binary_search_by_key(&worker, |&(w, _)| w) {
+                    Ok(j) => {
+                        if buf[j].1.contains(tier) {
+                            self.stats.duplicate_stores += 1;
+                            return false;
+                        }
+                        buf[j].1 = buf[j].1.with(tier);
+                        (n, false)
+                    }
+                    Err(j) => {
+                        buf.copy_within(j..n, j + 1);
+                        buf[j] = (worker, add);
+                        (n + 1, true)
+                    }
+                };
+                *self.blocks.value_mut(slot) = Slot::encode(&buf[..n], &mut self.arena);
+                new
+            }
         }
-        if new.is_empty() {
-            Unset::Gone
-        } else {
-            Unset::Kept
+    }
+
+    /// Drops `worker`'s copy of `hash` on `tier`; returns whether the worker no longer holds
+    /// the block (an entry gone). Counts unknown removes; leaves `counts` alone.
+    fn take(&mut self, worker: WorkerId, hash: SequenceHash, tier: Tier) -> bool {
+        let Some(slot) = self.blocks.find(key(hash)) else {
+            self.stats.unknown_removes += 1;
+            return false;
+        };
+        let v = self.blocks.value_mut(slot);
+        match unset(v, &mut self.arena, worker, Some(tier)) {
+            Unset::Absent => {
+                self.stats.unknown_removes += 1;
+                false
+            }
+            Unset::Kept => false,
+            Unset::Gone => {
+                if *v == 0 {
+                    self.blocks.remove_at(slot);
+                }
+                true
+            }
         }
     }
 
     /// Drops `worker`'s copy of `hash` on `tier`, counting it if absent.
     pub(crate) fn remove(&mut self, worker: WorkerId, hash: SequenceHash, tier: Tier) {
-        match self.unset(worker, hash, Some(tier)) {
-            Unset::Absent => self.stats.unknown_removes += 1,
-            Unset::Kept => {}
-            Unset::Gone => {
-                if let Some(held) = self.by_worker.get_mut(&worker) {
-                    held.remove(&hash);
-                    if held.is_empty() {
-                        self.by_worker.remove(&worker);
-                    } else {
-                        shrink_if_sparse(held);
-                    }
-                }
-                shrink_if_sparse_map(&mut self.blocks);
-            }
+        if self.take(worker, hash, tier) {
+            self.add_count(worker, -1);
         }
     }
 
-    /// Drops `tier` (or all tiers) of every block `worker` holds.
-    pub(crate) fn clear(&mut self, worker: WorkerId, tier: Option<Tier>) {
-        let Some(held) = self.by_worker.remove(&worker) else {
+    fn add_count(&mut self, worker: WorkerId, delta: isize) {
+        if delta == 0 {
             return;
-        };
-        let mut kept = HashSetOfBlocks::default();
-        for &hash in &held {
-            // Blocks not on the cleared tier (Absent) or still on another (Kept) stay.
-            if !matches!(self.unset(worker, hash, tier), Unset::Gone) {
-                kept.insert(hash);
+        }
+        let c = self.counts.entry(worker).or_insert(0);
+        *c = c.wrapping_add_signed(delta);
+        if *c == 0 {
+            self.counts.remove(&worker);
+        }
+    }
+
+    /// Drops `tier` (or all tiers) of every block `worker` holds: a scan of the whole table.
+    pub(crate) fn clear(&mut self, worker: WorkerId, tier: Option<Tier>) {
+        if !self.counts.contains_key(&worker) {
+            return;
+        }
+        let mut gone = 0usize;
+        let arena = &mut self.arena;
+        self.blocks.retain_mut(|v| {
+            if let Unset::Gone = unset(v, arena, worker, tier) {
+                gone += 1;
             }
-        }
-        if !kept.is_empty() {
-            self.by_worker.insert(worker, kept);
-        }
-        shrink_if_sparse_map(&mut self.blocks);
+        });
+        self.add_count(worker, -(gone as isize));
     }
 }
 
@@ -164,41 +242,128 @@ enum Unset {
     Gone,
 }
 
-/// Hash tables never shrink on their own; without this an index that once held a burst of
-/// blocks would keep that memory forever.
-fn shrink_if_sparse(set: &mut HashSetOfBlocks) {
-    if set.capacity() > 64 && set.len() < set.capacity() / 4 {
-        set.shrink_to(set.len() * 2);
-    }
+/// Clears `tier` (or every tier, for `None`) of `worker`'s copy in one packed slot. Sets the
+/// slot to 0 when no holder is left.
+fn unset(v: &mut u64, arena: &mut Arena, worker: WorkerId, tier: Option<Tier>) -> Unset {
+    let cleared = |m: TierMask| match tier {
+        Some(t) if !m.contains(t) => None,
+        Some(t) => Some(m.without(t)),
+        None => Some(TierMask::EMPTY),
+    };
+    let mut buf = [(WorkerId(0), TierMask::EMPTY); 2];
+    let n = match Slot::unpack(*v) {
+        Slot::One(h) => {
+            buf[0] = h;
+            1
+        }
+        Slot::Two(h0, h1) => {
+            buf[0] = h0;
+            buf[1] = h1;
+            2
+        }
+        Slot::Many(i) => {
+            let set = arena.get_mut(i);
+            let Ok(j) = set.binary_search_by_key(&worker, |&(w, _)| w) else {
+                return Unset::Absent;
+            };
+            let Some(new) = cleared(set[j].1) else {
+                return Unset::Absent;
+            };
+            if !new.is_empty() {
+                set[j].1 = new;
+                return Unset::Kept;
+            }
+            set.remove(j);
+            if Slot::fits_inline(set) {
+                let set = std::mem::take(set);
+                arena.release(i);
+                *v = Slot::encode(&set, arena);
+            }
+            return Unset::Gone;
+        }
+    };
+    let Ok(j) = buf[..n].binary_search_by_key(&worker, |&(w, _)| w) else {
+        return Unset::Absent;
+    };
+    let Some(new) = cleared(buf[j].1) else {
+        return Unset::Absent;
+    };
+    let (n, result) = if new.is_empty() {
+        buf.copy_within(j + 1..n, j);
+        (n - 1, Unset::Gone)
+    } else {
+        buf[j].1 = new;
+        (n, Unset::Kept)
+    };
+    *v = Slot::encode(&buf[..n], arena);
+    result
 }
 
-fn shrink_if_sparse_map<V>(map: &mut SequenceHashMap<V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2);
+/// Heap bytes of a hashbrown table with `capacity` (7/8 of its power-of-two buckets) and
+/// `slot`-byte buckets: the buckets plus one control byte each and a 16-byte group tail.
+fn table_bytes(capacity: usize, slot: usize) -> usize {
+    if capacity == 0 {
+        return 0;
     }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (slot + 1) + 16
 }
 
 impl PrefixIndex for ExactIndex {
     fn apply(&mut self, worker: WorkerId, event: &KvEvent) {
-        match *event {
-            KvEvent::Stored { hash, parent, tier } => {
-                self.stats.stored_events += 1;
-                if let Some(p) = parent {
-                    if self.holds(worker, p).is_empty() {
-                        self.stats.orphan_stores += 1;
+        self.apply_batch(worker, std::slice::from_ref(event));
+    }
+
+    fn apply_batch(&mut self, worker: WorkerId, events: &[KvEvent]) {
+        // Net change of the worker's block count, applied once at the end (or before a clear).
+        let mut delta = 0isize;
+        // A block the worker is known to hold: the one the previous event stored.
+        let mut last_stored: Option<SequenceHash> = None;
+        // Each event's probe is a cache miss on a large table; touching the bucket of the event
+        // `AHEAD` places later lets those misses overlap.
+        const AHEAD: usize = 8;
+        let mut sink = 0u64;
+        for (n, event) in events.iter().enumerate() {
+            if let Some(KvEvent::Stored { hash, .. } | KvEvent::Removed { hash, .. }) =
+                events.get(n + AHEAD)
+            {
+                sink = sink.wrapping_add(self.blocks.touch(key(*hash)));
+            }
+            match *event {
+                KvEvent::Stored { hash, parent, tier } => {
+                    self.stats.stored_events += 1;
+                    if let Some(p) = parent {
+                        if last_stored != Some(p) && self.holds(worker, p).is_empty() {
+                            self.stats.orphan_stores += 1;
+                        }
                     }
+                    if self.insert(worker, hash, tier) {
+                        delta += 1;
+                    }
+                    last_stored = Some(hash);
                 }
-                self.store(worker, hash, tier);
-            }
-            KvEvent::Removed { hash, tier } => {
-                self.stats.removed_events += 1;
-                self.remove(worker, hash, tier);
-            }
-            KvEvent::Cleared { tier } => {
-                self.stats.cleared_events += 1;
-                self.clear(worker, Some(tier));
+                KvEvent::Removed { hash, tier } => {
+                    self.stats.removed_events += 1;
+                    if self.take(worker, hash, tier) {
+                        delta -= 1;
+                    }
+                    last_stored = None;
+                }
+                KvEvent::Cleared { tier } => {
+                    self.stats.cleared_events += 1;
+                    self.add_count(worker, delta);
+                    delta = 0;
+                    self.clear(worker, Some(tier));
+                    last_stored = None;
+                }
             }
         }
+        self.add_count(worker, delta);
+        std::hint::black_box(sink);
     }
 
     fn remove_worker(&mut self, worker: WorkerId) {
@@ -207,32 +372,22 @@ impl PrefixIndex for ExactIndex {
     }
 
     fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
-        walk_prefix(hashes, |h| self.blocks.get(h).map(WorkerSet::as_slice))
+        walk_prefix(hashes, |h| self.holders(h))
     }
 
     fn stats(&self) -> IndexStats {
         IndexStats {
             blocks: self.blocks.len(),
-            entries: self.by_worker.values().map(|s| s.len()).sum(),
-            workers: self.by_worker.len(),
+            entries: self.counts.values().sum(),
+            workers: self.counts.len(),
             ..self.stats
         }
     }
 
     fn memory_usage(&self) -> usize {
         use std::mem::size_of;
-        let map = self.blocks.capacity() * (size_of::<(SequenceHash, WorkerSet)>() + 1)
-            + self
-                .blocks
-                .values()
-                .map(WorkerSet::heap_bytes)
-                .sum::<usize>();
-        let per_worker: usize = self
-            .by_worker
-            .values()
-            .map(|s| s.capacity() * (size_of::<SequenceHash>() + 1))
-            .sum();
-        map + per_worker
-            + self.by_worker.capacity() * (size_of::<(WorkerId, HashSetOfBlocks)>() + 1)
+        self.blocks.heap_bytes()
+            + self.arena.heap_bytes()
+            + table_bytes(self.counts.capacity(), size_of::<(WorkerId, usize)>())
     }
 }

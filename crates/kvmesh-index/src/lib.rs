@@ -49,6 +49,7 @@ mod overlap;
 mod selection;
 mod sharded;
 mod stats;
+mod table;
 mod traits;
 mod worker_set;
 

@@ -2,7 +2,7 @@
 
 use kvmesh_core::{SequenceHash, Tier};
 
-use crate::worker_set::Holder;
+use crate::worker_set::Holders;
 
 /// A worker's id inside the index. The router maps engine instance ids (and data-parallel
 /// ranks) onto these dense ids.
@@ -42,6 +42,16 @@ impl TierMask {
         self.0 == 0
     }
 
+    /// The raw bits.
+    pub(crate) const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// A mask from raw bits.
+    pub(crate) const fn from_bits(bits: u8) -> Self {
+        TierMask(bits)
+    }
+
     /// The fastest tier in the mask (`Device` before `Host` before `Disk` before `Remote`).
     pub fn fastest(self) -> Option<Tier> {
         (self.0 != 0).then(|| Tier::ALL[self.0.trailing_zeros() as usize])
@@ -67,8 +77,12 @@ impl TierCounts {
     }
 
     pub(crate) fn add(&mut self, mask: TierMask) {
+        self.add_n(mask, 1);
+    }
+
+    pub(crate) fn add_n(&mut self, mask: TierMask, n: u32) {
         if let Some(t) = mask.fastest() {
-            self.0[t as usize] += 1;
+            self.0[t as usize] += n;
         }
     }
 }
@@ -123,54 +137,78 @@ impl OverlapScores {
 
 /// Walks `hashes` from the first block, intersecting the holder sets that `lookup` returns
 /// (each sorted by worker), and counts each worker's unbroken prefix by fastest tier.
+///
+/// A block whose holders (workers and tiers) equal those of the last merged block cannot
+/// change the active set, so it is only counted, in bulk at the next merge: the blocks of a
+/// shared prefix held by many workers cost one comparison each instead of a merge.
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
-    lookup: impl Fn(&SequenceHash) -> Option<&'a [Holder]>,
+    lookup: impl Fn(&SequenceHash) -> Option<Holders<'a>>,
 ) -> OverlapScores {
     let Some((first, rest)) = hashes.split_first() else {
         return OverlapScores::default();
     };
-    let Some(holders) = lookup(first) else {
+    let Some(mut last) = lookup(first) else {
         return OverlapScores::default();
     };
-    // `active`: workers holding every block so far, sorted by id. Workers that drop out keep
-    // their counts in `done`.
-    let mut active: Vec<(WorkerId, TierCounts)> = holders
-        .iter()
-        .map(|&(w, mask)| {
-            let mut c = TierCounts::default();
-            c.add(mask);
-            (w, c)
-        })
-        .collect();
-    let mut done = Vec::new();
-    for hash in rest {
-        let Some(holders) = lookup(hash) else {
-            break;
-        };
-        let mut j = 0;
-        active.retain_mut(|(w, counts)| {
-            while j < holders.len() && holders[j].0 < *w {
-                j += 1;
+    // `scores`: every holder of the first block, sorted by id, with its counts; it is the
+    // answer, already sorted. `active`: the indexes in `scores` of the workers holding every
+    // block so far (so also sorted by id), with their tiers in `last`.
+    let mut scores: Vec<(WorkerId, TierCounts)> = Vec::with_capacity(last.as_slice().len());
+    let mut active: Vec<(u32, TierMask)> = Vec::with_capacity(last.as_slice().len());
+    for (i, &(w, mask)) in last.as_slice().iter().enumerate() {
+        let mut c = TierCounts::default();
+        c.add(mask);
+        scores.push((w, c));
+        active.push((i as u32, mask));
+    }
+    // Blocks after `last` with the same holders, not yet counted.
+    let mut repeats = 0u32;
+    // Probe the table a chunk ahead of the merge, so that the chunk's cache misses overlap.
+    const CHUNK: usize = 16;
+    let mut rest = rest;
+    'walk: while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
+        rest = tail;
+        let mut found: [Option<Holders<'a>>; CHUNK] = [None; CHUNK];
+        for (f, h) in found.iter_mut().zip(chunk) {
+            *f = lookup(h);
+        }
+        for f in &found[..chunk.len()] {
+            let Some(holders) = *f else {
+                break 'walk;
+            };
+            if holders.same_as(&last) {
+                repeats += 1;
+                continue;
             }
-            if j < holders.len() && holders[j].0 == *w {
-                counts.add(holders[j].1);
-                true
-            } else {
-                done.push((*w, *counts));
-                false
+            let hs = holders.as_slice();
+            let mut j = 0;
+            active.retain_mut(|(i, mask)| {
+                let (w, counts) = &mut scores[*i as usize];
+                counts.add_n(*mask, repeats);
+                while j < hs.len() && hs[j].0 < *w {
+                    j += 1;
+                }
+                if j < hs.len() && hs[j].0 == *w {
+                    *mask = hs[j].1;
+                    counts.add(*mask);
+                    true
+                } else {
+                    false
+                }
+            });
+            repeats = 0;
+            last = holders;
+            if active.is_empty() {
+                break 'walk;
             }
-        });
-        if active.is_empty() {
-            break;
         }
     }
-    if done.is_empty() {
-        return OverlapScores { scores: active };
+    for &(i, mask) in &active {
+        scores[i as usize].1.add_n(mask, repeats);
     }
-    done.extend(active);
-    done.sort_unstable_by_key(|&(w, _)| w);
-    OverlapScores { scores: done }
+    OverlapScores { scores }
 }
 
 #[cfg(test)]
