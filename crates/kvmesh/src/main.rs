@@ -15,6 +15,7 @@ mod bench;
 mod calc;
 mod generate;
 mod model_cmd;
+mod number_format;
 mod sim;
 
 /// kvmesh: a KV-cache system for LLM serving

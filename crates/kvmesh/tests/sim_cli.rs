@@ -1,34 +1,13 @@
 //! `kvmesh sim` end to end: the built binary, its table, JSON and PNG, and its errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-fn kvmesh(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmesh"))
-        .args(args)
-        .output()
-        .expect("run kvmesh");
-    let out = Output {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    };
-    assert!(
-        !out.stderr.contains("panicked"),
-        "kvmesh panicked: {}",
-        out.stderr
-    );
-    out
-}
+use common::{kvmesh, Output};
 
 fn ok(args: &[&str]) -> Output {
     let out = kvmesh(args);

@@ -9,6 +9,7 @@ use anyhow::Result;
 use kvmesh_core::{presets, KvDtype, KvGeometry};
 
 use super::{Allocation, Report, Variant};
+pub(super) use crate::number_format::thousands;
 
 /// What the seed design claimed for paging; printed beside what the data gives.
 const SEED_CLAIM: &str = "utilisation ~50% -> ~95%, concurrency 4 -> 16";
@@ -388,19 +389,6 @@ impl Table {
         }
         out
     }
-}
-
-/// `1234567` -> `"1,234,567"`.
-pub(super) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Bytes in binary units with one decimal: `"320.0 KiB"`; plain bytes below 1 KiB.

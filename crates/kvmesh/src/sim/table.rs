@@ -7,19 +7,7 @@ use std::path::Path;
 use kvmesh_sim::{IdealCache, Workload};
 
 use super::Run;
-
-/// `1234567` as `1,234,567`.
-pub(super) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub(super) use crate::number_format::thousands;
 
 /// Bytes in binary units, three significant digits.
 pub(super) fn human_bytes(bytes: u64) -> String {
