@@ -7,28 +7,13 @@ use serde_json::Value;
 
 mod common;
 
-use common::kvmesh;
+use common::{fails, kvmesh};
 
 /// Runs a command that must succeed and returns its stdout.
 fn ok(args: &[&str]) -> String {
     let out = kvmesh(args);
     assert_eq!(out.code, Some(0), "kvmesh {args:?} failed: {}", out.stderr);
     out.stdout
-}
-
-/// Runs a command that must fail with a kvmesh error (exit 1) and returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = kvmesh(args);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "kvmesh {args:?}: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(out.stdout.is_empty(), "{}", out.stdout);
-    assert!(out.stderr.starts_with("kvmesh: error: "), "{}", out.stderr);
-    out.stderr
 }
 
 fn json(args: &[&str]) -> Value {

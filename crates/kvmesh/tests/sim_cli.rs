@@ -7,26 +7,12 @@ use serde_json::Value;
 
 mod common;
 
-use common::{kvmesh, Output};
+use common::{fails, kvmesh, Output};
 
 fn ok(args: &[&str]) -> Output {
     let out = kvmesh(args);
     assert_eq!(out.code, Some(0), "kvmesh {args:?} failed: {}", out.stderr);
     out
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = kvmesh(args);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "kvmesh {args:?}: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(out.stdout.is_empty(), "{}", out.stdout);
-    assert!(out.stderr.starts_with("kvmesh: error: "), "{}", out.stderr);
-    out.stderr
 }
 
 fn json(args: &[&str]) -> Value {

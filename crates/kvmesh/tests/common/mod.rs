@@ -27,3 +27,19 @@ pub fn kvmesh(args: &[&str]) -> Output {
     );
     out
 }
+
+/// Runs a command that must fail with exit code 1 and a `kvmesh: error:` message on stderr
+/// (nothing on stdout); returns the message.
+pub fn fails(args: &[&str]) -> String {
+    let out = kvmesh(args);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "kvmesh {args:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.starts_with("kvmesh: error: "), "{}", out.stderr);
+    out.stderr
+}
