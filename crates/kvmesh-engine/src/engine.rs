@@ -27,8 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use kvmesh_core::{
-    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, PoolError, PoolStats, SequenceHash,
-    SequenceHasher, SequenceId,
+    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, PoolError, PoolStats, SequenceHasher,
+    SequenceId,
 };
 use thiserror::Error;
 
@@ -491,10 +491,5 @@ impl Engine {
         self.waiting.push_front(id);
         self.stats.preemptions += 1;
         Ok(())
-    }
-
-    /// Block hashes of a token sequence under this engine's hasher (for tests and routers).
-    pub fn block_hashes(&self, tokens: &[u32]) -> Vec<SequenceHash> {
-        self.hasher.hash_prefix(tokens)
     }
 }

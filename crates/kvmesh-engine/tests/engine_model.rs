@@ -4,7 +4,6 @@
 //! Skips (passing, with a message) when the model file is absent: `kvmesh model fetch` puts it
 //! in `$KVMESH_MODELS_DIR` or `~/.cache/kvmesh/models`; `.ci/run` does so.
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use kvmesh_engine::{
@@ -12,17 +11,9 @@ use kvmesh_engine::{
     SamplingParams, Tokenizer,
 };
 
-const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
 
-fn model_path() -> Option<PathBuf> {
-    let dir = std::env::var_os("KVMESH_MODELS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kvmesh/models"))
-        })?;
-    let p = dir.join(FILE);
-    p.is_file().then_some(p)
-}
+use common::{model_path, MODEL_FILE as FILE};
 
 struct Loaded {
     model: Arc<LlamaModel>,

@@ -8,19 +8,13 @@ use std::time::Instant;
 
 use kvmesh_engine::{ChatMessage, ChatTemplate, GgufFile, Tokenizer};
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
 
-fn model_path() -> Option<PathBuf> {
-    let dir = match std::env::var_os("KVMESH_MODELS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/kvmesh/models"),
-    };
-    Some(dir.join(MODEL_FILE))
-}
+use common::{model_path, MODEL_FILE};
 
 /// The model's GGUF and tokenizer, or `None` (with a message) when the file is absent.
 fn load() -> Option<(GgufFile, Tokenizer)> {
-    let path = model_path().filter(|p| p.exists());
+    let path = model_path();
     let Some(path) = path else {
         eprintln!(
             "skipping: {MODEL_FILE} not found in $KVMESH_MODELS_DIR or ~/.cache/kvmesh/models \
