@@ -22,6 +22,17 @@
 //! in one forward pass. When a running request cannot get a block, the most recently admitted
 //! running request is preempted: its blocks are released (full ones stay in the prefix cache,
 //! so the recompute usually hits them) and it re-enters the queue with its generated tokens.
+//!
+//! # Output text and stop strings
+//!
+//! An engine given a tokenizer ([`Engine::with_tokenizer`]) detokenises as vLLM's output
+//! processor does: each [`RequestOutput`] carries the text its token completed
+//! ([`RequestOutput::text`]), text that may be the start of a stop string is held back until
+//! it is decided, and a matching stop string ends the request at once with
+//! [`FinishReason::Stop`], its blocks freed in the same step and the text cut before the match
+//! (see `detokenizer.rs` for the matching rules). Without a tokenizer there is no text, and a
+//! request with stop strings is refused ([`EngineError::StopStringsNeedTokenizer`]) rather
+//! than run without them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,9 +43,11 @@ use kvmesh_core::{
 };
 use thiserror::Error;
 
+use crate::detokenizer::Detokenizer;
 use crate::kv_cache::KvCache;
 use crate::model::{Chunk, LlamaModel};
 use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
 
 /// Scheduler and memory settings; names follow vLLM's.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +116,16 @@ pub enum EngineError {
     /// Invalid sampling parameters.
     #[error("invalid sampling parameters: {0}")]
     Sampling(String),
+    /// Stop strings were given to an engine that has no tokenizer to produce text.
+    #[error(
+        "stop strings need an engine with a tokenizer (Engine::with_tokenizer); \
+         use stop_token_ids instead, or give the engine the model's tokenizer"
+    )]
+    StopStringsNeedTokenizer,
+    /// A generated token could not be detokenised (a bug: `with_tokenizer` checks that the
+    /// tokenizer covers the model's vocabulary).
+    #[error("detokenizing: {0}")]
+    Detokenize(String),
     /// The KV cache refused a write or read (a bug: the pool and cache disagree).
     #[error("KV cache: {0}")]
     Cache(String),
@@ -117,7 +140,7 @@ pub type RequestId = u64;
 /// Why a request stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// An end-of-sequence or stop token.
+    /// An end-of-sequence or stop token, or a stop string.
     Stop,
     /// `max_tokens` reached.
     Length,
@@ -132,6 +155,11 @@ pub struct RequestOutput {
     pub id: RequestId,
     /// The token generated this step, if any.
     pub token: Option<u32>,
+    /// The output text this step released: what the token completed plus any text held back
+    /// earlier that is now decided (stop strings), and, in the request's last output, all
+    /// that remained held. Concatenated over a request's outputs it is the request's text,
+    /// cut before a matched stop string. Always empty for an engine without a tokenizer.
+    pub text: String,
     /// Set when the request is done.
     pub finished: Option<FinishReason>,
     /// Prompt tokens served from the prefix cache at (last) admission.
@@ -150,6 +178,8 @@ struct Request {
     /// Tokens whose KV is in the cache.
     computed: usize,
     cached_tokens: usize,
+    /// Text and stop strings; `Some` exactly when the engine has a tokenizer.
+    detok: Option<Detokenizer>,
 }
 
 impl Request {
@@ -182,6 +212,7 @@ pub struct Engine {
     cfg: EngineConfig,
     max_len: usize,
     stop_tokens: Vec<u32>,
+    tokenizer: Option<Arc<Tokenizer>>,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     requests: HashMap<RequestId, Request>,
@@ -239,6 +270,7 @@ impl Engine {
             pool,
             max_len,
             stop_tokens,
+            tokenizer: None,
             cfg,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -246,6 +278,27 @@ impl Engine {
             next_id: 0,
             stats: EngineStats::default(),
         })
+    }
+
+    /// Gives the engine the model's tokenizer: from then on every [`RequestOutput`] carries
+    /// its text, and requests may set [`SamplingParams::stop_strings`]. Refused when the
+    /// tokenizer has fewer tokens than the model's vocabulary (the model could sample an id it
+    /// cannot decode). Set it before adding requests; requests already queued get no text.
+    pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Result<Self, EngineError> {
+        let vocab = self.model.config().vocab_size;
+        if tokenizer.vocab_size() < vocab {
+            return Err(EngineError::Config(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {vocab}",
+                tokenizer.vocab_size()
+            )));
+        }
+        self.tokenizer = Some(tokenizer);
+        Ok(self)
+    }
+
+    /// The tokenizer given with [`with_tokenizer`](Self::with_tokenizer), if any.
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
     }
 
     /// The model.
@@ -276,13 +329,17 @@ impl Engine {
         !self.requests.is_empty()
     }
 
-    /// Queues a request; it starts at a later [`step`](Self::step).
+    /// Queues a request; it starts at a later [`step`](Self::step). Stop strings need a
+    /// tokenizer ([`EngineError::StopStringsNeedTokenizer`]).
     pub fn add_request(
         &mut self,
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<RequestId, EngineError> {
         params.validate().map_err(EngineError::Sampling)?;
+        if !params.stop_strings.is_empty() && self.tokenizer.is_none() {
+            return Err(EngineError::StopStringsNeedTokenizer);
+        }
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -301,9 +358,14 @@ impl Engine {
         self.next_id += 1;
         let mut hasher = SequenceHasher::new(self.hasher.clone());
         hasher.append(&prompt);
+        let detok = self
+            .tokenizer
+            .as_ref()
+            .map(|t| Detokenizer::new(t, params.stop_strings.clone()));
         self.requests.insert(
             id,
             Request {
+                detok,
                 sampler: Sampler::new(params.seed.unwrap_or(id ^ 0x5eed)),
                 prompt_len: prompt.len(),
                 tokens: prompt,
@@ -381,18 +443,29 @@ impl Engine {
             r.tokens.push(token);
             r.hasher.push(token);
             self.stats.generated_tokens += 1;
-            let finished = if !r.params.ignore_eos
-                && (self.stop_tokens.contains(&token) || r.params.stop_token_ids.contains(&token))
-            {
+            let stop_token = !r.params.ignore_eos
+                && (self.stop_tokens.contains(&token) || r.params.stop_token_ids.contains(&token));
+            let mut finished = if stop_token {
                 Some(FinishReason::Stop)
             } else if r.generated() >= r.params.max_tokens {
                 Some(FinishReason::Length)
             } else {
                 None
             };
+            let mut text = String::new();
+            if let Some(d) = &mut r.detok {
+                // A stop token's own text is not output (as in vLLM).
+                let stop_string = !stop_token
+                    && d.push(token, &mut text)
+                        .map_err(|e| EngineError::Detokenize(e.to_string()))?;
+                if stop_string || (finished.is_some() && d.finish(&mut text)) {
+                    finished = Some(FinishReason::Stop);
+                }
+            }
             outputs.push(RequestOutput {
                 id,
                 token: Some(token),
+                text,
                 finished,
                 cached_tokens: r.cached_tokens,
             });

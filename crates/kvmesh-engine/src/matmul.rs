@@ -9,20 +9,20 @@ use gemm::Parallelism;
 
 /// A row-major weight matrix: `rows` outputs, each a dot product over `cols` inputs.
 #[derive(Debug, Clone)]
-pub struct Matrix {
+pub struct DenseMatrix {
     data: Vec<f32>,
     rows: usize,
     cols: usize,
 }
 
-impl Matrix {
+impl DenseMatrix {
     /// Wraps `data` (`rows * cols` values, row-major).
     ///
     /// # Panics
     /// If the length does not match.
     pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data length");
-        Matrix { data, rows, cols }
+        DenseMatrix { data, rows, cols }
     }
 
     /// Output features.
@@ -55,7 +55,7 @@ impl Matrix {
 ///
 /// # Panics
 /// If `x` or `out` is not `n` rows of the right width.
-pub fn linear(x: &[f32], n: usize, w: &Matrix, out: &mut [f32], threads: usize) {
+pub fn gemm_linear(x: &[f32], n: usize, w: &DenseMatrix, out: &mut [f32], threads: usize) {
     assert_eq!(x.len(), n * w.cols, "linear: input shape");
     assert_eq!(out.len(), n * w.rows, "linear: output shape");
     if n == 0 || w.rows == 0 {
@@ -73,7 +73,7 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix, out: &mut [f32], threads: usize) 
     // SAFETY: dst is `n x rows` with row stride `rows` (checked: out.len() == n * rows); lhs is
     // `n x cols` with row stride `cols` (x.len() == n * cols); rhs is w^T, `cols x rows`, whose
     // element (i, j) is w.data[j * cols + i] (w.data.len() == rows * cols, checked in
-    // Matrix::new). No two of them alias: `out` is a unique borrow. read_dst is false, so the
+    // DenseMatrix::new). No two of them alias: `out` is a unique borrow. read_dst is false, so the
     // uninitialised-looking content of `out` is never read.
     unsafe {
         gemm::gemm(
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn linear_matches_naive_products() {
         for (n, rows, cols) in [(1, 3, 4), (5, 7, 3), (17, 33, 65), (64, 96, 128)] {
-            let w = Matrix::new(
+            let w = DenseMatrix::new(
                 (0..rows * cols)
                     .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
                     .collect(),
@@ -118,7 +118,7 @@ mod tests {
                 .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
                 .collect();
             let mut out = vec![f32::NAN; n * rows];
-            linear(&x, n, &w, &mut out, 2);
+            gemm_linear(&x, n, &w, &mut out, 2);
             for t in 0..n {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| x[t * cols + c] * w.row(r)[c]).sum();

@@ -18,17 +18,26 @@
 //! RoPE here rotates adjacent pairs `(x[2i], x[2i+1])` (ggml's "normal" mode): GGUF converters
 //! permute the Q/K weights of Hugging Face checkpoints so that this matches their rotate-half.
 //!
-//! Weights are requantised to 8 bits at load time ([`QMatrix`]) and multiplied with f32
-//! activations by a batch-invariant kernel (see `qmatvec`), so a token's logits do not depend
-//! on what else is in its step.
+//! Weights stay in the file's quantisation ([`PackedLinear`]) and are multiplied with f32
+//! activations by batch-invariant kernels (see `linear`), so a token's logits do not depend on
+//! what else is in its step. The Q, K and V projections are packed as one matrix, and so are
+//! the gate and up projections: one pass over the activations and one parallel region each.
+//!
+//! Attention is parallel over work items: each sequence's chunk, with long prefill chunks
+//! split into runs of query rows (a row's result does not depend on which run holds it).
 
 use kvmesh_core::{BlockId, KvDtype, KvGeometry, ModelDims};
+use rayon::prelude::*;
 
 use crate::attention::PagedAttention;
 use crate::error::GgufError;
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvCacheError};
-use crate::qmatvec::{qlinear, QMatrix, QBLOCK};
+use crate::linear::PackedLinear;
+use crate::quant::GgmlType;
+
+/// Query rows per attention work item when a prefill chunk is split across threads.
+const ATTENTION_ROWS: usize = 32;
 
 /// Hyper-parameters of a llama-architecture model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,14 +137,13 @@ impl LlamaConfig {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
-    wo: QMatrix,
+    /// Q, K and V projections stacked: `q_dim + 2 kv_dim` outputs.
+    wqkv: PackedLinear,
+    wo: PackedLinear,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
-    w_down: QMatrix,
+    /// Gate and up projections stacked: `2 intermediate` outputs.
+    w_gate_up: PackedLinear,
+    w_down: PackedLinear,
 }
 
 /// A run of new tokens of one sequence, part of a step.
@@ -155,11 +163,11 @@ pub struct Chunk<'a> {
 pub struct LlamaModel {
     cfg: LlamaConfig,
     /// Token embeddings, also the output projection when the file ties them.
-    embed: QMatrix,
+    embed: PackedLinear,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     /// The output projection, when not tied to the embedding.
-    output: Option<QMatrix>,
+    output: Option<PackedLinear>,
     attention: PagedAttention,
     /// RoPE inverse frequencies `theta^(-2i / head_dim)`, one per rotated pair.
     inv_freq: Vec<f32>,
@@ -175,28 +183,57 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 impl LlamaModel {
-    /// Loads weights from a parsed GGUF file, dequantising to f32.
+    /// Loads weights from a parsed GGUF file, keeping quantised tensors as they are (see
+    /// [`PackedLinear`]).
     pub fn load(file: &GgufFile, threads: usize) -> Result<Self, GgufError> {
         let cfg = LlamaConfig::from_gguf(file)?;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix, GgufError> {
-            let info = file.tensor(name)?;
-            if info.dims != [cols as u64, rows as u64] {
-                return Err(GgufError::Malformed {
-                    offset: info.offset,
-                    what: format!(
-                        "tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
-                        info.dims
-                    ),
-                });
+        // Tensors `names` (each `rows` x `cols`) stacked into one matrix.
+        let matrix = |names: &[(&str, usize)], cols: usize| -> Result<PackedLinear, GgufError> {
+            let mut parts = Vec::with_capacity(names.len());
+            for &(name, rows) in names {
+                let info = file.tensor(name)?;
+                if info.dims != [cols as u64, rows as u64] {
+                    return Err(GgufError::Malformed {
+                        offset: info.offset,
+                        what: format!(
+                            "tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
+                            info.dims
+                        ),
+                    });
+                }
+                let ty = GgmlType::from_id(info.type_id).ok_or_else(|| {
+                    GgufError::UnsupportedTensorType {
+                        name: name.to_string(),
+                        type_id: info.type_id,
+                    }
+                })?;
+                parts.push((info, ty));
             }
-            if !cols.is_multiple_of(QBLOCK) {
-                return Err(GgufError::Malformed {
-                    offset: info.offset,
-                    what: format!("tensor '{name}' rows of {cols} are not a multiple of {QBLOCK}"),
-                });
+            let rows: usize = names.iter().map(|&(_, rows)| rows).sum();
+            let (first, ty) = parts[0];
+            let pack = |ty: GgmlType, bytes: &[u8]| {
+                PackedLinear::from_ggml(ty, bytes, rows, cols).map_err(|e| GgufError::Malformed {
+                    offset: first.offset,
+                    what: format!("tensor '{}': {e}", first.name),
+                })
+            };
+            if parts.iter().all(|&(_, t)| t == ty) {
+                // Same type: the rows' bytes simply follow each other.
+                let bytes: Vec<u8> = parts
+                    .iter()
+                    .flat_map(|&(info, _)| file.tensor_bytes(info).iter().copied())
+                    .collect();
+                pack(ty, &bytes)
+            } else {
+                // Mixed types: stack as f32 (quantised to 8 bits by the packer).
+                let mut bytes = Vec::with_capacity(rows * cols * 4);
+                for &(info, _) in &parts {
+                    let values = file.tensor_f32(&info.name)?;
+                    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+                }
+                pack(GgmlType::F32, &bytes)
             }
-            Ok(QMatrix::quantize(&file.tensor_f32(name)?, rows, cols))
         };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>, GgufError> {
             let v = file.tensor_f32(name)?;
@@ -211,21 +248,30 @@ impl LlamaModel {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let (q_dim, kv_dim, ffn) = (
+                cfg.num_heads * hd,
+                cfg.num_kv_heads * hd,
+                cfg.intermediate_size,
+            );
             layers.push(Layer {
                 attn_norm: vector(&p("attn_norm"), h)?,
-                wq: matrix(&p("attn_q"), cfg.num_heads * hd, h)?,
-                wk: matrix(&p("attn_k"), cfg.num_kv_heads * hd, h)?,
-                wv: matrix(&p("attn_v"), cfg.num_kv_heads * hd, h)?,
-                wo: matrix(&p("attn_output"), h, cfg.num_heads * hd)?,
+                wqkv: matrix(
+                    &[
+                        (&p("attn_q"), q_dim),
+                        (&p("attn_k"), kv_dim),
+                        (&p("attn_v"), kv_dim),
+                    ],
+                    h,
+                )?,
+                wo: matrix(&[(&p("attn_output"), h)], q_dim)?,
                 ffn_norm: vector(&p("ffn_norm"), h)?,
-                w_gate: matrix(&p("ffn_gate"), cfg.intermediate_size, h)?,
-                w_up: matrix(&p("ffn_up"), cfg.intermediate_size, h)?,
-                w_down: matrix(&p("ffn_down"), h, cfg.intermediate_size)?,
+                w_gate_up: matrix(&[(&p("ffn_gate"), ffn), (&p("ffn_up"), ffn)], h)?,
+                w_down: matrix(&[(&p("ffn_down"), h)], ffn)?,
             });
         }
-        let embed = matrix("token_embd.weight", cfg.vocab_size, h)?;
+        let embed = matrix(&[("token_embd.weight", cfg.vocab_size)], h)?;
         let output = match file.tensor("output.weight") {
-            Ok(_) => Some(matrix("output.weight", cfg.vocab_size, h)?),
+            Ok(_) => Some(matrix(&[("output.weight", cfg.vocab_size)], h)?),
             Err(GgufError::MissingTensor(_)) => None,
             Err(e) => return Err(e),
         };
@@ -254,17 +300,14 @@ impl LlamaModel {
             .layers
             .iter()
             .map(|l| {
-                l.wq.bytes()
-                    + l.wk.bytes()
-                    + l.wv.bytes()
+                l.wqkv.bytes()
                     + l.wo.bytes()
-                    + l.w_gate.bytes()
-                    + l.w_up.bytes()
+                    + l.w_gate_up.bytes()
                     + l.w_down.bytes()
                     + 4 * (l.attn_norm.len() + l.ffn_norm.len())
             })
             .sum();
-        layers + self.embed.bytes() + self.output.as_ref().map_or(0, QMatrix::bytes)
+        layers + self.embed.bytes() + self.output.as_ref().map_or(0, PackedLinear::bytes)
     }
 
     /// Runs one step over `chunks`, writing their K/V into `cache`, and returns the logits of
@@ -296,23 +339,37 @@ impl LlamaModel {
                 positions.push(c.start + i);
             }
         }
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let ffn = cfg.intermediate_size;
         let mut normed = vec![0.0; n * h];
+        let mut qkv = vec![0.0; n * qkv_dim];
         let mut q = vec![0.0; n * q_dim];
         let mut k = vec![0.0; n * kv_dim];
         let mut v = vec![0.0; n * kv_dim];
         let mut attn = vec![0.0; n * q_dim];
         let mut proj = vec![0.0; n * h];
-        let mut gate = vec![0.0; n * cfg.intermediate_size];
-        let mut up = vec![0.0; n * cfg.intermediate_size];
+        let mut gate_up = vec![0.0; n * 2 * ffn];
+        let mut act = vec![0.0; n * ffn];
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_eps, &mut normed);
-            qlinear(&normed, n, &layer.wq, &mut q, self.threads);
-            qlinear(&normed, n, &layer.wk, &mut k, self.threads);
-            qlinear(&normed, n, &layer.wv, &mut v, self.threads);
-            for (t, &pos) in positions.iter().enumerate() {
-                rope(&mut q[t * q_dim..(t + 1) * q_dim], &self.inv_freq, pos);
-                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], &self.inv_freq, pos);
+            layer.wqkv.forward(&normed, n, &mut qkv, self.threads);
+            for (t, row) in qkv.chunks_exact(qkv_dim).enumerate() {
+                let (qr, kv) = row.split_at(q_dim);
+                let (kr, vr) = kv.split_at(kv_dim);
+                q[t * q_dim..(t + 1) * q_dim].copy_from_slice(qr);
+                k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(kr);
+                v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(vr);
+                rope(
+                    &mut q[t * q_dim..(t + 1) * q_dim],
+                    &self.inv_freq,
+                    positions[t],
+                );
+                rope(
+                    &mut k[t * kv_dim..(t + 1) * kv_dim],
+                    &self.inv_freq,
+                    positions[t],
+                );
             }
             let mut row = 0;
             for c in chunks {
@@ -324,27 +381,23 @@ impl LlamaModel {
                     &k[row * kv_dim..(row + len) * kv_dim],
                     &v[row * kv_dim..(row + len) * kv_dim],
                 )?;
-                self.attention.prefill(
-                    cache,
-                    li as u32,
-                    c.block_table,
-                    c.start,
-                    &q[row * q_dim..(row + len) * q_dim],
-                    &mut attn[row * q_dim..(row + len) * q_dim],
-                    scale,
-                )?;
                 row += len;
             }
-            qlinear(&attn, n, &layer.wo, &mut proj, self.threads);
+            self.attend_all(cache, li as u32, chunks, &q, &mut attn, scale)?;
+            layer.wo.forward(&attn, n, &mut proj, self.threads);
             add_assign(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, &mut normed);
-            qlinear(&normed, n, &layer.w_gate, &mut gate, self.threads);
-            qlinear(&normed, n, &layer.w_up, &mut up, self.threads);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            layer
+                .w_gate_up
+                .forward(&normed, n, &mut gate_up, self.threads);
+            for (a, gu) in act.chunks_exact_mut(ffn).zip(gate_up.chunks_exact(2 * ffn)) {
+                let (g, u) = gu.split_at(ffn);
+                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
+                    *a = g / (1.0 + (-g).exp()) * u;
+                }
             }
-            qlinear(&gate, n, &layer.w_down, &mut proj, self.threads);
+            layer.w_down.forward(&act, n, &mut proj, self.threads);
             add_assign(&mut x, &proj);
         }
 
@@ -362,14 +415,80 @@ impl LlamaModel {
         rms_norm(&last_rows, &self.out_norm, cfg.rms_eps, &mut normed_last);
         let mut logits = vec![0.0; m * cfg.vocab_size];
         let output = self.output.as_ref().unwrap_or(&self.embed);
-        qlinear(&normed_last, m, output, &mut logits, self.threads);
+        output.forward(&normed_last, m, &mut logits, self.threads);
         let results: Vec<Vec<f32>> = logits
             .chunks_exact(cfg.vocab_size)
             .map(<[f32]>::to_vec)
             .collect();
         Ok(results)
     }
+
+    /// Attention of every chunk's query rows over its cached keys and values, in parallel:
+    /// one work item per decode token, runs of [`ATTENTION_ROWS`] rows for prefill chunks,
+    /// and, when that gives fewer items than threads (a lone decode), one item per KV head.
+    fn attend_all(
+        &self,
+        cache: &KvCache,
+        layer: u32,
+        chunks: &[Chunk<'_>],
+        q: &[f32],
+        attn: &mut [f32],
+        scale: f32,
+    ) -> Result<(), KvCacheError> {
+        let cfg = &self.cfg;
+        let q_dim = cfg.num_heads * cfg.head_dim;
+        let rows: usize = chunks
+            .iter()
+            .map(|c| c.tokens.len().div_ceil(ATTENTION_ROWS))
+            .sum();
+        let by_head = self.threads > 1 && rows < self.threads;
+        let kv_heads = cfg.num_kv_heads as u32;
+        // A lone row's query heads of KV heads a..b are one contiguous slice.
+        let head_len = q_dim / cfg.num_kv_heads;
+        let mut items = Vec::new();
+        let (mut q_rest, mut out_rest) = (q, attn);
+        for c in chunks {
+            let mut done = 0;
+            while done < c.tokens.len() {
+                let rows = ATTENTION_ROWS.min(c.tokens.len() - done);
+                let (qi, qr) = q_rest.split_at(rows * q_dim);
+                let (oi, or) = std::mem::take(&mut out_rest).split_at_mut(rows * q_dim);
+                let start = c.start + done;
+                if by_head && rows == 1 {
+                    for (h, (qh, oh)) in
+                        qi.chunks(head_len).zip(oi.chunks_mut(head_len)).enumerate()
+                    {
+                        let h = h as u32;
+                        items.push((c.block_table, start, h..h + 1, qh, oh));
+                    }
+                } else {
+                    items.push((c.block_table, start, 0..kv_heads, qi, oi));
+                }
+                (q_rest, out_rest) = (qr, or);
+                done += rows;
+            }
+        }
+        let run = |(table, start, heads, q, out): AttentionItem<'_, '_>| {
+            self.attention
+                .attend(cache, layer, table, start, heads, q, out, scale)
+        };
+        if self.threads > 1 && items.len() > 1 {
+            items.into_par_iter().try_for_each(run)
+        } else {
+            items.into_iter().try_for_each(run)
+        }
+    }
 }
+
+/// One attention work item: a block table, the first query position, the KV heads, and the
+/// query rows and their output.
+type AttentionItem<'t, 'q> = (
+    &'t [BlockId],
+    usize,
+    std::ops::Range<u32>,
+    &'q [f32],
+    &'q mut [f32],
+);
 
 /// `out = x / rms(x) * w`, row by row (rows of `w.len()`).
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

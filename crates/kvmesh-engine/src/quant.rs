@@ -90,6 +90,42 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Single to IEEE half precision, rounding to nearest even (overflow gives infinity, NaN stays
+/// NaN). Used where kvmesh quantises weights itself, so scales are exactly representable.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    // The value is 1.mant x 2^(exp - 127); half's exponent bias is 15.
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // 24-bit significand (implicit bit included, absent for f32 subnormals, which round to 0).
+    let sig = if exp == 0 { 0 } else { mant | 0x80_0000 };
+    // Bits to drop: 13 for a normal half, more when the result is subnormal.
+    let shift = if e > 0 { 13 } else { (14 - e) as u32 };
+    if shift > 24 {
+        return sign;
+    }
+    let kept = sig >> shift;
+    let rest = sig & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    let rounded = kept + u32::from(rest > half || (rest == half && kept & 1 == 1));
+    // A normal result stores the exponent above the 10 mantissa bits; carries from rounding
+    // move into the exponent field, which is what IEEE wants.
+    let magnitude = if e > 0 {
+        ((e as u32) << 10) + (rounded - 0x400)
+    } else {
+        rounded
+    };
+    sign | magnitude as u16
+}
+
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
@@ -164,6 +200,20 @@ mod tests {
         assert!(f16_to_f32(0x7e00).is_nan());
         assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
         assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    }
+
+    #[test]
+    fn f16_from_f32_rounds_to_nearest_even_and_round_trips() {
+        for h in (0u16..=0xffff).filter(|h| h & 0x7c00 != 0x7c00) {
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#06x}");
+        }
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00); // tie to even
+        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02); // tie to even, up
+        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds past the largest half
+        assert_eq!(f32_to_f16(2f32.powi(-25)), 0x0000); // tie to even at the bottom
+        assert_eq!(f32_to_f16(1.5 * 2f32.powi(-25)), 0x0001);
+        assert_eq!(f32_to_f16(f32::NEG_INFINITY), 0xfc00);
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
     }
 
     #[test]

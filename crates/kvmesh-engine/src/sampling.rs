@@ -23,7 +23,10 @@ pub struct SamplingParams {
     /// Extra token ids that end generation (the model's end-of-turn tokens always do, unless
     /// `ignore_eos`).
     pub stop_token_ids: Vec<u32>,
-    /// Strings that end generation; the output is cut before the match.
+    /// Strings that end generation when the output text contains one; the text is cut before
+    /// the match (vLLM's default `include_stop_str_in_output=false`). They need an engine with
+    /// a tokenizer ([`Engine::with_tokenizer`](crate::Engine::with_tokenizer)); none may be
+    /// empty.
     pub stop_strings: Vec<String>,
     /// Keep generating past end-of-sequence tokens (for benchmarks).
     pub ignore_eos: bool,
@@ -66,6 +69,9 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return Err("max_tokens must be at least 1".to_string());
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return Err("stop strings must not be empty".to_string());
         }
         Ok(())
     }

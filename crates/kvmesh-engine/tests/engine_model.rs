@@ -1,5 +1,5 @@
-//! The engine on the real model (SmolLM2-135M-Instruct): answers, and greedy outputs that do
-//! not depend on prefix caching, chunking or preemption.
+//! The engine on the real model (SmolLM2-135M-Instruct): answers, greedy outputs that do not
+//! depend on prefix caching, chunking or preemption, and text with stop strings.
 //!
 //! Skips (passing, with a message) when the model file is absent: `kvmesh model fetch` puts it
 //! in `$KVMESH_MODELS_DIR` or `~/.cache/kvmesh/models`; `.ci/run` does so.
@@ -7,8 +7,8 @@
 use std::sync::{Arc, OnceLock};
 
 use kvmesh_engine::{
-    ChatMessage, ChatTemplate, Engine, EngineConfig, EngineError, GgufError, GgufFile, LlamaModel,
-    SamplingParams, Tokenizer,
+    ChatMessage, ChatTemplate, Engine, EngineConfig, EngineError, FinishReason, GgufError,
+    GgufFile, LlamaModel, RequestOutput, SamplingParams, Tokenizer,
 };
 
 mod common;
@@ -17,7 +17,7 @@ use common::{model_path, MODEL_FILE as FILE};
 
 struct Loaded {
     model: Arc<LlamaModel>,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
 }
 
@@ -32,7 +32,7 @@ fn loaded() -> Option<&'static Loaded> {
             let file = GgufFile::open(&path).expect("model parses");
             Some(Loaded {
                 model: Arc::new(LlamaModel::load(&file, 2).expect("model loads")),
-                tokenizer: Tokenizer::from_gguf(&file).expect("tokenizer"),
+                tokenizer: Arc::new(Tokenizer::from_gguf(&file).expect("tokenizer")),
                 template: ChatTemplate::from_gguf(&file).expect("chat template"),
             })
         })
@@ -222,4 +222,196 @@ fn truncated_and_foreign_model_files_are_errors() {
     let err = LlamaModel::load(&file, 1).unwrap_err();
     assert!(matches!(err, GgufError::Malformed { .. }), "{err}");
     assert!(err.to_string().contains("not supported"), "{err}");
+}
+
+/// An engine that produces text.
+fn text_engine(m: &Loaded) -> Engine {
+    engine(m, EngineConfig::default())
+        .with_tokenizer(Arc::clone(&m.tokenizer))
+        .unwrap()
+}
+
+/// Runs one request to completion; returns its outputs (those with a token).
+fn outputs(e: &mut Engine, prompt: Vec<u32>, params: SamplingParams) -> Vec<RequestOutput> {
+    e.add_request(prompt, params).unwrap();
+    let mut outs = Vec::new();
+    while e.has_unfinished() {
+        outs.extend(e.step().unwrap().into_iter().filter(|o| o.token.is_some()));
+        assert!(outs.len() < 1000, "engine made no progress");
+    }
+    outs
+}
+
+fn texts(outs: &[RequestOutput]) -> Vec<String> {
+    outs.iter().map(|o| o.text.clone()).collect()
+}
+
+fn with_stops(stops: &[&str]) -> SamplingParams {
+    SamplingParams {
+        stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+        ..SamplingParams::greedy(48)
+    }
+}
+
+/// The greedy reply to a colour question: its per-token text pieces (no stop strings).
+fn reference_pieces(m: &Loaded) -> Vec<String> {
+    let outs = outputs(
+        &mut text_engine(m),
+        chat(m, "Name three colours."),
+        SamplingParams::greedy(48),
+    );
+    let tokens: Vec<u32> = outs.iter().filter_map(|o| o.token).collect();
+    let pieces = texts(&outs);
+    assert_eq!(
+        pieces.concat(),
+        m.tokenizer.decode(&tokens, true).unwrap(),
+        "streamed text is the one-shot decode"
+    );
+    pieces
+}
+
+fn first_char(s: &str) -> &str {
+    s.chars().next().map_or("", |c| &s[..c.len_utf8()])
+}
+
+fn last_char(s: &str) -> &str {
+    s.chars()
+        .next_back()
+        .map_or("", |c| &s[s.len() - c.len_utf8()..])
+}
+
+#[test]
+fn a_stop_string_spanning_two_tokens_ends_the_request_at_once() {
+    let Some(m) = loaded() else { return };
+    let pieces = reference_pieces(m);
+    let full = pieces.concat();
+    // The first token boundary where "last char + first char" occurs first in the text.
+    let (i, stop) = (0..pieces.len() - 1)
+        .find_map(|i| {
+            let stop = format!("{}{}", last_char(&pieces[i]), first_char(&pieces[i + 1]));
+            let boundary = pieces[..=i].concat().len();
+            let start = boundary - last_char(&pieces[i]).len();
+            (stop.chars().count() == 2 && full.find(&stop) == Some(start)).then_some((i, stop))
+        })
+        .expect("some boundary between two non-empty pieces");
+    let boundary = pieces[..=i].concat().len();
+    let cut = boundary - last_char(&pieces[i]).len();
+
+    let mut e = text_engine(m);
+    let id = e
+        .add_request(chat(m, "Name three colours."), with_stops(&[&stop]))
+        .unwrap();
+    let mut text = String::new();
+    let mut generated = 0;
+    loop {
+        let outs = e.step().unwrap();
+        let Some(o) = outs.iter().find(|o| o.id == id && o.token.is_some()) else {
+            continue;
+        };
+        generated += 1;
+        text.push_str(&o.text);
+        if o.finished.is_some() {
+            assert_eq!(o.finished, Some(FinishReason::Stop));
+            break;
+        }
+    }
+    assert_eq!(
+        generated,
+        i + 2,
+        "finished at the token that completed {stop:?}"
+    );
+    assert_eq!(text, full[..cut], "cut before {stop:?}");
+    assert!(!e.has_unfinished());
+    assert_eq!(
+        e.stats().pool.active,
+        0,
+        "blocks released in the stopping step"
+    );
+}
+
+#[test]
+fn a_held_back_prefix_that_does_not_match_is_released() {
+    let Some(m) = loaded() else { return };
+    let pieces = reference_pieces(m);
+    let full = pieces.concat();
+    // A token ending with a character c that the next token's text does not end with;
+    // "c\u{7}" never occurs, so c is held back at token i and released at token i + 1.
+    let i = (0..pieces.len() - 1)
+        .find(|&i| {
+            let c = last_char(&pieces[i]);
+            !c.is_empty() && !pieces[i + 1].is_empty() && !pieces[i + 1].ends_with(c)
+        })
+        .expect("a suitable token");
+    let c = last_char(&pieces[i]);
+    let stop = format!("{c}\u{7}");
+    assert!(!full.contains(&stop));
+
+    let got = texts(&outputs(
+        &mut text_engine(m),
+        chat(m, "Name three colours."),
+        with_stops(&[&stop]),
+    ));
+    assert_eq!(got.concat(), full, "everything released in the end");
+    let upto = |p: &[String], j: usize| p[..=j].concat();
+    assert_eq!(
+        upto(&got, i),
+        upto(&pieces, i)[..upto(&pieces, i).len() - c.len()],
+        "{c:?} held back"
+    );
+    assert_eq!(upto(&got, i + 1), upto(&pieces, i + 1), "and released");
+}
+
+#[test]
+fn a_stop_string_in_the_first_token_frees_the_blocks_at_once() {
+    let Some(m) = loaded() else { return };
+    let pieces = reference_pieces(m);
+    let stop = first_char(&pieces[0]).to_string();
+    assert!(!stop.is_empty(), "the reply starts with text");
+
+    // Another request runs beside it, in lockstep with a twin engine where it runs alone.
+    let (mut alone, mut both) = (text_engine(m), text_engine(m));
+    let other = chat(m, "What is 2 + 3?");
+    alone
+        .add_request(other.clone(), SamplingParams::greedy(8))
+        .unwrap();
+    both.add_request(other, SamplingParams::greedy(8)).unwrap();
+    alone.step().unwrap();
+    both.step().unwrap();
+    let id = both
+        .add_request(chat(m, "Name three colours."), with_stops(&[&stop]))
+        .unwrap();
+    alone.step().unwrap();
+    let outs = both.step().unwrap();
+    let o = outs
+        .iter()
+        .find(|o| o.id == id)
+        .expect("prefilled and sampled in one step");
+    assert!(o.token.is_some());
+    assert_eq!(o.text, "");
+    assert_eq!(o.finished, Some(FinishReason::Stop));
+    assert_eq!(
+        both.stats().pool.active,
+        alone.stats().pool.active,
+        "its blocks are freed in the step that stopped it"
+    );
+    assert!(both.has_unfinished(), "the other request runs on");
+}
+
+#[test]
+fn stop_strings_without_a_tokenizer_are_refused() {
+    let Some(m) = loaded() else { return };
+    let mut plain = engine(m, EngineConfig::default());
+    assert_eq!(
+        plain.add_request(vec![1, 2, 3], with_stops(&["x"])),
+        Err(EngineError::StopStringsNeedTokenizer)
+    );
+    let outs = outputs(&mut plain, vec![1, 2, 3], SamplingParams::greedy(2));
+    assert!(
+        outs.iter().all(|o| o.text.is_empty()),
+        "no text without a tokenizer"
+    );
+    assert!(matches!(
+        text_engine(m).add_request(vec![1, 2, 3], with_stops(&[""])),
+        Err(EngineError::Sampling(_))
+    ));
 }

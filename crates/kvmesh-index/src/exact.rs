@@ -1,6 +1,6 @@
 //! The exact index: a flat hash map from block hash to the workers holding it.
 //!
-//! # Design (2026-11-27)
+//! # Design (2026-11-27, revised 2026-11-28)
 //!
 //! Peers keep a radix tree of blocks (Dynamo's `RadixTree`, SGLang's radix cache) and walk it
 //! from the root. kvmesh's block hashes are *chained* (each names its whole prefix), so a tree
@@ -12,9 +12,10 @@
 //!
 //! **One 16-byte slot per block.** The table maps the *low 64 bits* of the block's
 //! [`SequenceHash`] to a packed `u64`: one inline holder (worker id, tier mask), two inline
-//! holders (worker ids below 2^27, 4-bit masks), or the index of a sorted holder vector in a
+//! holders (worker ids below 2^27, 4-bit masks), or the index of a sorted holder set in a
 //! side arena for blocks held by three or more workers (shared system prompts) or by
-//! workers with larger ids. Keying by 64 bits is safe here because the index is a routing hint: two
+//! workers with larger ids. Arena sets are interned: blocks with equal holder sets share one
+//! (`worker_set.rs`). Keying by 64 bits is safe here because the index is a routing hint: two
 //! live blocks whose hashes share their low 64 bits would be merged into one entry, which can
 //! only mis-score a route (and skew `stats().blocks`); a worker's own block pool compares the
 //! full 128-bit hashes before it reuses any KV. With N live blocks the chance that any two
@@ -32,21 +33,42 @@
 //!
 //! **Table.** `Table` (`table.rs`) is linear probing over 16-byte `(key, value)` buckets:
 //! one cache line per probe, where hashbrown's separate control bytes cost two dependent
-//! misses. `apply_batch` reads the bucket of the event a few places ahead so that misses overlap,
-//! and lookups probe a chunk of request blocks before merging them.
+//! misses. A store probes once (`search`, then `insert_at` into the vacancy it found).
 //!
-//! Measured against Dynamo 1.6.1's `RadixTree` (2026-11-27, run E in `BENCH.md` beside this
-//! crate; shared 2-core VM, so ratios move by ~20% between runs): churn ingest 1.31x / 1.23x
-//! the tree's (16 / 256 workers; was 0.37x / 0.36x with per-worker sets and hashbrown), lookup
-//! p50 1.93x / 0.78x (was 3.07x / 2.24x), 27 / 24 bytes per (worker, block) entry against the
-//! tree's 76 / 77 (was 120). Targets still missed: 2x ingest and 0.5x lookup. Both need fewer
-//! than one random cache miss per block: the tree pays one per event run when ingesting and one
-//! per compressed edge when looking up; this table pays one per block.
+//! **Overlapping misses.** On a large index every probe is a cache miss, and a miss that a
+//! branch depends on stalls everything after it. Both `apply_batch` and lookups therefore first
+//! read the home buckets of a group of 16 events (or request blocks) back to back, a loop with
+//! no data-dependent branch whose misses all fly at once, and only then process the group
+//! against warm cache lines (a safe stand-in for prefetch instructions: the crate forbids
+//! `unsafe`). Before this, `apply_batch` read one bucket 8 events ahead, which the core's
+//! reorder window could not reach past; grouping alone took churn ingest from 1.35x / 1.10x to
+//! 1.70x / 1.62x the tree's (16 / 256 workers, one quick run). Reading further
+//! ahead (32 blocks, a whole request, the next chunk while merging this one, the next run of
+//! the chunk) measured no better or worse.
+//!
+//! Measured against Dynamo 1.6.1's `RadixTree` (2026-11-28, run F in `BENCH.md` beside this
+//! crate; shared 2-core VM, so ratios move by ~20% between runs): churn ingest 2.53x / 2.12x
+//! the tree's (16 / 256 workers; 1.31x / 1.23x in run E, 0.37x / 0.36x with per-worker sets
+//! and hashbrown), lookup p50 1.39x / 0.39x (run E 1.93x / 0.78x), 25 / 21 bytes per (worker,
+//! block) entry against the tree's 76 / 77 (run E 27 / 24, before that 120). Missed: lookup
+//! p50 <= 0.5x at 16 workers, where a request's ~50 matched blocks cost ~4 rounds of
+//! overlapped misses and the tree walks ~5 nodes.
+//!
+//! **Not done: lookups with fewer probes than blocks.** A lookup still probes every block of
+//! the matched prefix; the tree probes one node per compressed edge. Skipping blocks (galloping
+//! over the request, trusting that a worker holding block i holds 0..i) needs a proof that the
+//! worker holds the skipped blocks, and nothing at block i can give it exactly: a flag "this
+//! worker held my parent, recursively, when I was stored" is broken by a later removal of an
+//! ancestor, and finding the descendants to clear needs child counts per (worker, block),
+//! which in turn need each block's parent when a `Removed` event (which names no parent)
+//! arrives: 8 more bytes per block, over the 0.5x memory target at 16 workers, plus a second
+//! random access per event, which would give back the ingest target. It would also make results
+//! depend on `Stored` events naming their true parent, which the reference test does not
+//! assume. Storing the chain's hashes with the proof (exact without trust) is a compressed tree.
 //!
 //! Cost of a lookup: one hash-map probe per block of the matched prefix (a cache miss each on a
-//! large index) plus a linear merge of the sorted holder sets, skipped when a block has exactly
-//! the holders of the block before it (a shared prefix held by N workers costs one O(N)
-//! comparison per block, not a merge).
+//! large index, overlapped 16 at a time) plus a linear merge of the sorted holder sets, skipped
+//! when a block shares the holder set of the block before it (one address comparison).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -57,7 +79,7 @@ use crate::overlap::{walk_prefix, OverlapScores, TierMask, WorkerId};
 use crate::stats::IndexStats;
 use crate::table::Table;
 use crate::traits::PrefixIndex;
-use crate::worker_set::{Arena, Holders, Slot};
+use crate::worker_set::{position, table_bytes, Arena, Holder, Holders, Slot};
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThroughHasher>>;
 
@@ -89,18 +111,24 @@ impl ExactIndex {
     pub fn holds(&self, worker: WorkerId, hash: SequenceHash) -> TierMask {
         self.holders(&hash).map_or(TierMask::EMPTY, |hs| {
             let s = hs.as_slice();
-            s.binary_search_by_key(&worker, |&(w, _)| w)
-                .map_or(TierMask::EMPTY, |j| s[j].1)
+            position(s, worker).map_or(TierMask::EMPTY, |j| s[j].mask())
         })
     }
 
     /// The holders of one block, sorted by worker.
+    #[inline]
     pub(crate) fn holders(&self, hash: &SequenceHash) -> Option<Holders<'_>> {
         self.blocks.get(key(*hash)).map(|v| match Slot::unpack(v) {
             Slot::One(h) => Holders::One(h),
             Slot::Two(a, b) => Holders::Two([a, b]),
             Slot::Many(i) => Holders::Many(self.arena.get(i)),
         })
+    }
+
+    /// Reads the home bucket of `hash` (see [`Table::touch`]).
+    #[inline]
+    pub(crate) fn touch(&self, hash: &SequenceHash) -> u64 {
+        self.blocks.touch(key(*hash))
     }
 
     /// Workers known to hold anything.
@@ -120,13 +148,14 @@ impl ExactIndex {
     fn insert(&mut self, worker: WorkerId, hash: SequenceHash, tier: Tier) -> bool {
         let add = TierMask::of(tier);
         let k = key(hash);
-        match self.blocks.find(k) {
-            None => {
-                self.blocks.insert_new(k, Slot::One((worker, add)).pack());
+        match self.blocks.search(k) {
+            Err(vacancy) => {
+                self.blocks
+                    .insert_at(vacancy, k, Slot::One(Holder::new(worker, add)).pack());
                 true
             }
-            Some(slot) => {
-                let mut buf = [(WorkerId(0), TierMask::EMPTY); 3];
+            Ok(slot) => {
+                let mut buf = [Holder::new(WorkerId(0), TierMask::EMPTY); 3];
                 let n = match Slot::unpack(*self.blocks.value_mut(slot)) {
                     Slot::One(h) => {
                         buf[0] = h;
@@ -138,35 +167,44 @@ impl ExactIndex {
                         2
                     }
                     Slot::Many(i) => {
-                        let set = self.arena.get_mut(i);
-                        return match set.binary_search_by_key(&worker, |&(w, _)| w) {
+                        // Interned sets are shared: change a copy.
+                        let set = self.arena.get(i);
+                        let (changed, new) = match position(set, worker) {
+                            Ok(j) if set[j].mask().contains(tier) => {
+                                self.stats.duplicate_stores += 1;
+                                return false;
+                            }
                             Ok(j) => {
-                                if set[j].1.contains(tier) {
-                                    self.stats.duplicate_stores += 1;
-                                } else {
-                                    set[j].1 = set[j].1.with(tier);
-                                }
-                                false
+                                let mut changed = set.to_vec();
+                                changed[j] = set[j].with_mask(set[j].mask().with(tier));
+                                (changed, false)
                             }
                             Err(j) => {
-                                set.insert(j, (worker, add));
-                                true
+                                let mut changed = Vec::with_capacity(set.len() + 1);
+                                changed.extend_from_slice(&set[..j]);
+                                changed.push(Holder::new(worker, add));
+                                changed.extend_from_slice(&set[j..]);
+                                (changed, true)
                             }
                         };
+                        *self.blocks.value_mut(slot) =
+                            Slot::Many(self.arena.intern(changed)).pack();
+                        self.arena.release(i);
+                        return new;
                     }
                 };
-                let (n, new) = match buf[..n].binary_search_by_key(&worker, |&(w, _)| w) {
+                let (n, new) = match position(&buf[..n], worker) {
                     Ok(j) => {
-                        if buf[j].1.contains(tier) {
+                        if buf[j].mask().contains(tier) {
                             self.stats.duplicate_stores += 1;
                             return false;
                         }
-                        buf[j].1 = buf[j].1.with(tier);
+                        buf[j] = buf[j].with_mask(buf[j].mask().with(tier));
                         (n, false)
                     }
                     Err(j) => {
                         buf.copy_within(j..n, j + 1);
-                        buf[j] = (worker, add);
+                        buf[j] = Holder::new(worker, add);
                         (n + 1, true)
                     }
                 };
@@ -250,7 +288,7 @@ fn unset(v: &mut u64, arena: &mut Arena, worker: WorkerId, tier: Option<Tier>) -
         Some(t) => Some(m.without(t)),
         None => Some(TierMask::EMPTY),
     };
-    let mut buf = [(WorkerId(0), TierMask::EMPTY); 2];
+    let mut buf = [Holder::new(WorkerId(0), TierMask::EMPTY); 2];
     let n = match Slot::unpack(*v) {
         Slot::One(h) => {
             buf[0] = h;
@@ -262,55 +300,54 @@ fn unset(v: &mut u64, arena: &mut Arena, worker: WorkerId, tier: Option<Tier>) -
             2
         }
         Slot::Many(i) => {
-            let set = arena.get_mut(i);
-            let Ok(j) = set.binary_search_by_key(&worker, |&(w, _)| w) else {
+            // Interned sets are shared: change a copy.
+            let set = arena.get(i);
+            let Ok(j) = position(set, worker) else {
                 return Unset::Absent;
             };
-            let Some(new) = cleared(set[j].1) else {
+            let Some(new) = cleared(set[j].mask()) else {
                 return Unset::Absent;
             };
-            if !new.is_empty() {
-                set[j].1 = new;
-                return Unset::Kept;
-            }
-            set.remove(j);
-            if Slot::fits_inline(set) {
-                let set = std::mem::take(set);
-                arena.release(i);
-                *v = Slot::encode(&set, arena);
-            }
-            return Unset::Gone;
+            let mut changed = set.to_vec();
+            let result = if new.is_empty() {
+                changed.remove(j);
+                Unset::Gone
+            } else {
+                changed[j] = changed[j].with_mask(new);
+                Unset::Kept
+            };
+            *v = if Slot::fits_inline(&changed) {
+                Slot::encode(&changed, arena)
+            } else {
+                Slot::Many(arena.intern(changed)).pack()
+            };
+            arena.release(i);
+            return result;
         }
     };
-    let Ok(j) = buf[..n].binary_search_by_key(&worker, |&(w, _)| w) else {
+    let Ok(j) = position(&buf[..n], worker) else {
         return Unset::Absent;
     };
-    let Some(new) = cleared(buf[j].1) else {
+    let Some(new) = cleared(buf[j].mask()) else {
         return Unset::Absent;
     };
     let (n, result) = if new.is_empty() {
         buf.copy_within(j + 1..n, j);
         (n - 1, Unset::Gone)
     } else {
-        buf[j].1 = new;
+        buf[j] = buf[j].with_mask(new);
         (n, Unset::Kept)
     };
     *v = Slot::encode(&buf[..n], arena);
     result
 }
 
-/// Heap bytes of a hashbrown table with `capacity` (7/8 of its power-of-two buckets) and
-/// `slot`-byte buckets: the buckets plus one control byte each and a 16-byte group tail.
-fn table_bytes(capacity: usize, slot: usize) -> usize {
-    if capacity == 0 {
-        return 0;
+/// The block a `Stored` or `Removed` event names.
+fn event_hash(e: &KvEvent) -> Option<SequenceHash> {
+    match *e {
+        KvEvent::Stored { hash, .. } | KvEvent::Removed { hash, .. } => Some(hash),
+        KvEvent::Cleared { .. } => None,
     }
-    let buckets = if capacity < 8 {
-        (capacity + 1).next_power_of_two()
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    };
-    buckets * (slot + 1) + 16
 }
 
 impl PrefixIndex for ExactIndex {
@@ -323,15 +360,31 @@ impl PrefixIndex for ExactIndex {
         let mut delta = 0isize;
         // A block the worker is known to hold: the one the previous event stored.
         let mut last_stored: Option<SequenceHash> = None;
-        // Each event's probe is a cache miss on a large table; touching the bucket of the event
-        // `AHEAD` places later lets those misses overlap.
-        const AHEAD: usize = 8;
+        // Each event's probe is a cache miss on a large table. Reading the home buckets of a
+        // group of events back to back, before processing any of them, lets those misses overlap.
+        const GROUP: usize = 16;
         let mut sink = 0u64;
         for (n, event) in events.iter().enumerate() {
-            if let Some(KvEvent::Stored { hash, .. } | KvEvent::Removed { hash, .. }) =
-                events.get(n + AHEAD)
-            {
-                sink = sink.wrapping_add(self.blocks.touch(key(*hash)));
+            if n % GROUP == 0 {
+                let mut prev = if n == 0 {
+                    None
+                } else {
+                    event_hash(&events[n - 1])
+                };
+                for e in &events[n..events.len().min(n + GROUP)] {
+                    if let KvEvent::Stored {
+                        parent: Some(p), ..
+                    } = e
+                    {
+                        if prev != Some(*p) {
+                            sink = sink.wrapping_add(self.blocks.touch(key(*p)));
+                        }
+                    }
+                    prev = event_hash(e);
+                    if let Some(h) = prev {
+                        sink = sink.wrapping_add(self.blocks.touch(key(h)));
+                    }
+                }
             }
             match *event {
                 KvEvent::Stored { hash, parent, tier } => {
@@ -372,7 +425,7 @@ impl PrefixIndex for ExactIndex {
     }
 
     fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
-        walk_prefix(hashes, |h| self.holders(h))
+        walk_prefix(hashes, |h| self.touch(h), |h| self.holders(h))
     }
 
     fn stats(&self) -> IndexStats {

@@ -140,9 +140,14 @@ impl OverlapScores {
 ///
 /// A block whose holders (workers and tiers) equal those of the last merged block cannot
 /// change the active set, so it is only counted, in bulk at the next merge: the blocks of a
-/// shared prefix held by many workers cost one comparison each instead of a merge.
+/// shared prefix held by many workers cost one comparison each instead of a merge (an address
+/// comparison for interned sets, see [`Holders::same_as`]).
+///
+/// `touch` reads a block's home bucket without branching on it (see `Table::touch`); each
+/// chunk of blocks is touched before it is looked up, so that the chunk's misses overlap.
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
+    touch: impl Fn(&SequenceHash) -> u64,
     lookup: impl Fn(&SequenceHash) -> Option<Holders<'a>>,
 ) -> OverlapScores {
     let Some((first, rest)) = hashes.split_first() else {
@@ -156,20 +161,23 @@ pub(crate) fn walk_prefix<'a>(
     // block so far (so also sorted by id), with their tiers in `last`.
     let mut scores: Vec<(WorkerId, TierCounts)> = Vec::with_capacity(last.as_slice().len());
     let mut active: Vec<(u32, TierMask)> = Vec::with_capacity(last.as_slice().len());
-    for (i, &(w, mask)) in last.as_slice().iter().enumerate() {
+    for (i, h) in last.as_slice().iter().enumerate() {
         let mut c = TierCounts::default();
-        c.add(mask);
-        scores.push((w, c));
-        active.push((i as u32, mask));
+        c.add(h.mask());
+        scores.push((h.worker(), c));
+        active.push((i as u32, h.mask()));
     }
     // Blocks after `last` with the same holders, not yet counted.
     let mut repeats = 0u32;
-    // Probe the table a chunk ahead of the merge, so that the chunk's cache misses overlap.
+    // Each probe is a cache miss on a large table. Reading the home buckets of a chunk back
+    // to back, before probing any of them, lets the chunk's misses overlap.
     const CHUNK: usize = 16;
     let mut rest = rest;
     'walk: while !rest.is_empty() {
         let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
         rest = tail;
+        let sink = chunk.iter().fold(0u64, |s, h| s.wrapping_add(touch(h)));
+        std::hint::black_box(sink);
         let mut found: [Option<Holders<'a>>; CHUNK] = [None; CHUNK];
         for (f, h) in found.iter_mut().zip(chunk) {
             *f = lookup(h);
@@ -187,11 +195,11 @@ pub(crate) fn walk_prefix<'a>(
             active.retain_mut(|(i, mask)| {
                 let (w, counts) = &mut scores[*i as usize];
                 counts.add_n(*mask, repeats);
-                while j < hs.len() && hs[j].0 < *w {
+                while j < hs.len() && hs[j].worker() < *w {
                     j += 1;
                 }
-                if j < hs.len() && hs[j].0 == *w {
-                    *mask = hs[j].1;
+                if j < hs.len() && hs[j].worker() == *w {
+                    *mask = hs[j].mask();
                     counts.add(*mask);
                     true
                 } else {

@@ -92,7 +92,11 @@ impl ShardedIndex {
     /// Per worker, the reusable leading blocks of `hashes`.
     pub fn overlaps_shared(&self, hashes: &[SequenceHash]) -> OverlapScores {
         let guards: Vec<_> = (0..self.shards.len()).map(|i| self.read(i)).collect();
-        walk_prefix(hashes, |h| guards[self.shard_of(h)].holders(h))
+        walk_prefix(
+            hashes,
+            |h| guards[self.shard_of(h)].touch(h),
+            |h| guards[self.shard_of(h)].holders(h),
+        )
     }
 
     /// Counters and sizes, summed over shards.

@@ -16,6 +16,10 @@ const MAX_LOAD_NUM: usize = 5;
 const MAX_LOAD_DEN: usize = 8;
 const MIN_LEN: usize = 16;
 
+/// Where [`Table::search`] would put an absent key (`None`: the table has no buckets yet).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vacancy(Option<usize>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     slots: Vec<(u64, u64)>,
@@ -81,6 +85,28 @@ impl Table {
             return None;
         }
         self.probe(key).ok()
+    }
+
+    /// `Ok(bucket)` of `key` if present, else `Err(vacancy)` to pass to [`Table::insert_at`]
+    /// (both valid until the next insert or removal).
+    pub(crate) fn search(&self, key: u64) -> Result<usize, Vacancy> {
+        if self.slots.is_empty() {
+            return Err(Vacancy(None));
+        }
+        self.probe(key).map_err(|i| Vacancy(Some(i)))
+    }
+
+    /// Inserts `key`, absent, with `value` (not 0), where [`Table::search`] found no entry: one
+    /// probe sequence for a lookup and an insert, unless the table must grow first.
+    pub(crate) fn insert_at(&mut self, vacancy: Vacancy, key: u64, value: u64) {
+        match vacancy.0 {
+            Some(i) if (self.len + 1) * MAX_LOAD_DEN <= self.slots.len() * MAX_LOAD_NUM => {
+                debug_assert!(value != 0 && self.slots[i].1 == 0);
+                self.slots[i] = (key, value);
+                self.len += 1;
+            }
+            _ => self.insert_new(key, value),
+        }
     }
 
     pub(crate) fn value_mut(&mut self, i: usize) -> &mut u64 {
@@ -194,14 +220,18 @@ mod tests {
             } else {
                 ((x % 4096) << 52) | (x % 7)
             };
-            match t.find(key) {
-                Some(i) if x.is_multiple_of(2) => {
+            match t.search(key) {
+                Ok(i) if x.is_multiple_of(2) => {
                     t.remove_at(i);
                     m.remove(&key);
                 }
-                Some(i) => *t.value_mut(i) = step + 1,
-                None => {
-                    t.insert_new(key, step + 1);
+                Ok(i) => *t.value_mut(i) = step + 1,
+                Err(vacancy) => {
+                    if x.is_multiple_of(5) {
+                        t.insert_new(key, step + 1);
+                    } else {
+                        t.insert_at(vacancy, key, step + 1);
+                    }
                     m.insert(key, step + 1);
                 }
             }

@@ -1,16 +1,55 @@
 //! The holders of one block (workers and their tiers), as the exact index stores them.
 //!
 //! Most blocks in a fleet sit on one worker (KV-aware routing keeps prefixes together); a
-//! shared system prompt may sit on all of them. So a block's table slot is one `u64`: either
-//! one inline holder (worker id in the low 32 bits, tier mask in the next 8) or, with the top
-//! bit set, the index of a sorted `Vec<Holder>` in a side arena. [`Holders`] is the read view
-//! of either: a slice sorted by worker id, so two holder sets intersect by a linear merge,
-//! which is what prefix lookups do block after block.
+//! shared system prompt may sit on all of them. So a block's table slot is one `u64`: one or
+//! two inline holders, or the index of a sorted holder set in a side [`Arena`]. [`Holders`] is
+//! the read view of either: a slice sorted by worker id, so two holder sets intersect by a
+//! linear merge, which is what prefix lookups do block after block.
+//!
+//! **Interned sets (2026-11-28).** The blocks of one system prompt are usually held by the
+//! same workers, so the arena keeps one copy of each distinct set, reference counted, and
+//! slots with equal sets share it. A lookup then tells "same holders as the block before" by
+//! comparing two addresses instead of two lists of hundreds of holders (at 256 workers that
+//! comparison, element by element, was half of a lookup's time), and the fleet's copies of a prompt's holder list
+//! cost memory once. The price is copy on write: adding or dropping one holder of a shared set
+//! builds a new list, hashes it and looks it up (O(holders), as the in-place `Vec::insert` it
+//! replaces was, plus an allocation).
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use kvmesh_core::PassThroughHasher;
 
 use crate::overlap::{TierMask, WorkerId};
 
-/// A worker and the tiers it holds the block on.
-pub(crate) type Holder = (WorkerId, TierMask);
+/// A worker and the tiers it holds the block on, packed as `worker << 8 | tier bits`: holders
+/// sort by worker, and compare and hash as one integer (a set compares as a run of `u64`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Holder(u64);
+
+impl Holder {
+    pub(crate) fn new(worker: WorkerId, mask: TierMask) -> Self {
+        Holder(u64::from(worker.0) << 8 | u64::from(mask.bits()))
+    }
+
+    pub(crate) fn worker(self) -> WorkerId {
+        WorkerId((self.0 >> 8) as u32)
+    }
+
+    pub(crate) fn mask(self) -> TierMask {
+        TierMask::from_bits(self.0 as u8)
+    }
+
+    /// The same worker with tiers `mask`.
+    pub(crate) fn with_mask(self, mask: TierMask) -> Self {
+        Holder::new(self.worker(), mask)
+    }
+}
+
+/// The index of `worker` in a holder set sorted by worker, or where it would go.
+pub(crate) fn position(set: &[Holder], worker: WorkerId) -> Result<usize, usize> {
+    set.binary_search_by_key(&worker, |h| h.worker())
+}
 
 /// Tag (top two bits) of a slot holding two holders inline.
 const TWO: u64 = 1 << 62;
@@ -35,8 +74,9 @@ impl Slot {
     /// not empty), so 0 means "no holder left".
     pub(crate) fn pack(self) -> u64 {
         match self {
-            Slot::One((w, m)) => u64::from(w.0) | u64::from(m.bits()) << 32,
-            Slot::Two((a, ma), (b, mb)) => {
+            Slot::One(h) => u64::from(h.worker().0) | u64::from(h.mask().bits()) << 32,
+            Slot::Two(ha, hb) => {
+                let (a, ma, b, mb) = (ha.worker(), ha.mask(), hb.worker(), hb.mask());
                 debug_assert!(a.0 < PAIR_ID_LIMIT && b.0 < PAIR_ID_LIMIT && a < b);
                 TWO | u64::from(a.0)
                     | u64::from(ma.bits()) << 27
@@ -49,13 +89,16 @@ impl Slot {
 
     pub(crate) fn unpack(v: u64) -> Slot {
         match v >> 62 {
-            0 => Slot::One((WorkerId(v as u32), TierMask::from_bits((v >> 32) as u8))),
+            0 => Slot::One(Holder::new(
+                WorkerId(v as u32),
+                TierMask::from_bits((v >> 32) as u8),
+            )),
             1 => Slot::Two(
-                (
+                Holder::new(
                     WorkerId(v as u32 & (PAIR_ID_LIMIT - 1)),
                     TierMask::from_bits((v >> 27) as u8 & 0xf),
                 ),
-                (
+                Holder::new(
                     WorkerId((v >> 31) as u32 & (PAIR_ID_LIMIT - 1)),
                     TierMask::from_bits((v >> 58) as u8 & 0xf),
                 ),
@@ -70,8 +113,10 @@ impl Slot {
         match *holders {
             [] => 0,
             [h] => Slot::One(h).pack(),
-            [a, b] if a.0 .0 < PAIR_ID_LIMIT && b.0 .0 < PAIR_ID_LIMIT => Slot::Two(a, b).pack(),
-            _ => Slot::Many(arena.alloc(holders.to_vec())).pack(),
+            [a, b] if a.worker().0 < PAIR_ID_LIMIT && b.worker().0 < PAIR_ID_LIMIT => {
+                Slot::Two(a, b).pack()
+            }
+            _ => Slot::Many(arena.intern(holders.to_vec())).pack(),
         }
     }
 
@@ -79,7 +124,7 @@ impl Slot {
     pub(crate) fn fits_inline(holders: &[Holder]) -> bool {
         match *holders {
             [] | [_] => true,
-            [a, b] => a.0 .0 < PAIR_ID_LIMIT && b.0 .0 < PAIR_ID_LIMIT,
+            [a, b] => a.worker().0 < PAIR_ID_LIMIT && b.worker().0 < PAIR_ID_LIMIT,
             _ => false,
         }
     }
@@ -90,6 +135,7 @@ impl Slot {
 pub(crate) enum Holders<'a> {
     One(Holder),
     Two([Holder; 2]),
+    /// A set in the arena (interned or private).
     Many(&'a [Holder]),
 }
 
@@ -102,48 +148,108 @@ impl<'a> Holders<'a> {
         }
     }
 
-    /// Same workers with the same tiers.
+    /// Whether both are the same workers with the same tiers. Interned sets compare by
+    /// address first (one set in memory has one content, and sets do not change while a
+    /// reader borrows them), so consecutive blocks sharing a set cost one comparison; other
+    /// sets (private copies, sets from the arenas of two shards) compare by content, without an
+    /// early exit so that the loop vectorises.
     pub(crate) fn same_as(&self, other: &Holders<'_>) -> bool {
         match (self, other) {
             (Holders::One(a), Holders::One(b)) => a == b,
             (Holders::Two(a), Holders::Two(b)) => a == b,
-            _ => self.as_slice() == other.as_slice(),
+            (Holders::Many(a), Holders::Many(b)) => {
+                std::ptr::eq(*a, *b)
+                    || (a.len() == b.len()
+                        && a.iter().zip(*b).fold(0, |d, (x, y)| d | (x.0 ^ y.0)) == 0)
+            }
+            _ => false,
         }
     }
 }
 
-/// Vectors of two or more holders, for blocks with several holders, with a free list.
+/// One interned holder set and the number of slots that refer to it.
+#[derive(Debug, Default)]
+struct Set {
+    holders: Vec<Holder>,
+    refs: u32,
+    hash: u64,
+}
+
+/// Holder sets of two or more holders, for blocks with several holders, interned: slots whose
+/// blocks have equal holder sets share one set (the blocks of a system prompt held by the same
+/// workers), so that [`Holders::same_as`] compares two shared sets by address, and the fleet's
+/// copies of one prompt's holder list take memory once. Sets are immutable and reference
+/// counted; a changed holder set is interned anew and the old one released (copy on write).
+///
+/// Interning is best effort: the map holds one set per content hash, so a set whose hash is
+/// taken by a different set stays private. Two slots with equal sets may then hold different
+/// indexes, which only costs a lookup a content comparison.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
-    sets: Vec<Vec<Holder>>,
+    sets: Vec<Set>,
     free: Vec<u32>,
+    interned: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+}
+
+/// A hash of a holder set's content (a multiply-rotate fold; the map only needs spread).
+fn content_hash(holders: &[Holder]) -> u64 {
+    holders.iter().fold(holders.len() as u64, |acc, h| {
+        (acc ^ h.0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+    })
 }
 
 impl Arena {
     pub(crate) fn get(&self, i: u32) -> &[Holder] {
-        &self.sets[i as usize]
+        &self.sets[i as usize].holders
     }
 
-    pub(crate) fn get_mut(&mut self, i: u32) -> &mut Vec<Holder> {
-        &mut self.sets[i as usize]
-    }
-
-    /// Stores a sorted set of two or more holders; returns its index.
-    pub(crate) fn alloc(&mut self, set: Vec<Holder>) -> u32 {
-        debug_assert!(set.len() >= 2);
-        if let Some(i) = self.free.pop() {
+    /// A reference to the interned set equal to `holders` (sorted, two or more), created if
+    /// needed; returns its index. Pair it with a [`Arena::release`] when the slot lets go.
+    pub(crate) fn intern(&mut self, holders: Vec<Holder>) -> u32 {
+        debug_assert!(holders.len() >= 2);
+        let hash = content_hash(&holders);
+        let shared = self.interned.get(&hash).copied();
+        if let Some(i) = shared {
+            let set = &mut self.sets[i as usize];
+            if set.holders == holders {
+                set.refs += 1;
+                return i;
+            }
+        }
+        let set = Set {
+            holders,
+            refs: 1,
+            hash,
+        };
+        let i = if let Some(i) = self.free.pop() {
             self.sets[i as usize] = set;
             i
         } else {
-            let i = u32::try_from(self.sets.len()).expect("fewer than 2^32 multi-holder blocks");
+            let i = u32::try_from(self.sets.len()).expect("fewer than 2^32 multi-holder sets");
             self.sets.push(set);
             i
+        };
+        if shared.is_none() {
+            self.interned.insert(hash, i);
         }
+        i
     }
 
-    /// Frees the set at `i` (its heap is returned at once).
+    /// Drops one reference to the set at `i`; the last one frees it (its heap is returned at
+    /// once).
     pub(crate) fn release(&mut self, i: u32) {
-        self.sets[i as usize] = Vec::new();
+        let set = &mut self.sets[i as usize];
+        set.refs -= 1;
+        if set.refs > 0 {
+            return;
+        }
+        let hash = set.hash;
+        *set = Set::default();
+        if self.interned.get(&hash) == Some(&i) {
+            self.interned.remove(&hash);
+        }
         self.free.push(i);
         if self.free.len() == self.sets.len() {
             self.sets.clear();
@@ -151,20 +257,36 @@ impl Arena {
             if self.sets.capacity() > 1024 {
                 self.sets.shrink_to_fit();
                 self.free.shrink_to_fit();
+                self.interned.shrink_to_fit();
             }
         }
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.sets.capacity() * size_of::<Vec<Holder>>()
+        self.sets.capacity() * size_of::<Set>()
             + self.free.capacity() * size_of::<u32>()
+            + table_bytes(self.interned.capacity(), size_of::<(u64, u32)>())
             + self
                 .sets
                 .iter()
-                .map(|s| s.capacity() * size_of::<Holder>())
+                .map(|s| s.holders.capacity() * size_of::<Holder>())
                 .sum::<usize>()
     }
+}
+
+/// Heap bytes of a hashbrown table with `capacity` (7/8 of its power-of-two buckets) and
+/// `slot`-byte buckets: the buckets plus one control byte each and a 16-byte group tail.
+pub(crate) fn table_bytes(capacity: usize, slot: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (slot + 1) + 16
 }
 
 #[cfg(test)]
@@ -176,13 +298,15 @@ mod tests {
     fn slots_round_trip() {
         let m = TierMask::of(Tier::Host).with(Tier::Remote);
         for w in [0, 1, 7, u32::MAX] {
-            let s = Slot::One((WorkerId(w), m)).pack();
+            let h = Holder::new(WorkerId(w), m);
+            assert_eq!((h.worker(), h.mask()), (WorkerId(w), m));
+            let s = Slot::One(h).pack();
             assert_ne!(s, 0);
-            assert!(matches!(Slot::unpack(s), Slot::One((WorkerId(x), mm)) if x == w && mm == m));
+            assert!(matches!(Slot::unpack(s), Slot::One(x) if x == h));
         }
         let (a, b) = (
-            (WorkerId(3), m),
-            (WorkerId((1 << 27) - 1), TierMask::of(Tier::Device)),
+            Holder::new(WorkerId(3), m),
+            Holder::new(WorkerId((1 << 27) - 1), TierMask::of(Tier::Device)),
         );
         assert!(
             matches!(Slot::unpack(Slot::Two(a, b).pack()), Slot::Two(x, y) if x == a && y == b)
@@ -192,7 +316,7 @@ mod tests {
             Slot::unpack(Slot::encode(&[a, b], &mut arena)),
             Slot::Two(..)
         ));
-        let big = (WorkerId(1 << 27), m);
+        let big = Holder::new(WorkerId(1 << 27), m);
         assert!(matches!(
             Slot::unpack(Slot::encode(&[a, big], &mut arena)),
             Slot::Many(0)
@@ -204,15 +328,39 @@ mod tests {
     }
 
     #[test]
-    fn arena_reuses_and_returns_memory() {
-        let d = TierMask::of(Tier::Device);
+    fn arena_interns_reuses_and_returns_memory() {
+        let d = |w| Holder::new(WorkerId(w), TierMask::of(Tier::Device));
         let mut a = Arena::default();
-        let i = a.alloc(vec![(WorkerId(1), d), (WorkerId(2), d)]);
-        let j = a.alloc(vec![(WorkerId(1), d), (WorkerId(3), d)]);
+        let i = a.intern(vec![d(1), d(2)]);
+        let j = a.intern(vec![d(1), d(3)]);
+        assert_ne!(i, j);
+        assert_eq!(a.intern(vec![d(1), d(2)]), i, "equal sets share one index");
         a.release(i);
-        assert_eq!(a.alloc(vec![(WorkerId(4), d), (WorkerId(5), d)]), i);
+        assert_eq!(a.get(i), &[d(1), d(2)], "still referenced once");
+        a.release(i);
+        assert_eq!(a.intern(vec![d(4), d(5)]), i, "a freed index is reused");
         a.release(i);
         a.release(j);
-        assert_eq!(a.sets.len(), 0);
+        assert_eq!((a.sets.len(), a.interned.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_content_hash_collision_leaves_the_set_private() {
+        let d = |w| Holder::new(WorkerId(w), TierMask::of(Tier::Device));
+        let mut a = Arena::default();
+        let i = a.intern(vec![d(1), d(2)]);
+        // Pretend another set took this content's hash first.
+        let hash = content_hash(&[d(7), d(8)]);
+        a.interned.insert(hash, i);
+        let p = a.intern(vec![d(7), d(8)]);
+        let q = a.intern(vec![d(7), d(8)]);
+        assert!(p != i && q != i && p != q, "private copies");
+        assert_eq!((a.get(p), a.get(q)), (&[d(7), d(8)][..], &[d(7), d(8)][..]));
+        a.release(p);
+        assert_eq!(
+            a.interned.get(&hash),
+            Some(&i),
+            "a private set leaves the map alone"
+        );
     }
 }

@@ -166,7 +166,7 @@ fn chain(f: u8, len: u8) -> Vec<SequenceHash> {
     (0..len).map(|i| h(8 * f + i)).collect()
 }
 
-fn events_of(op: &Op) -> Vec<(WorkerId, Option<KvEvent>)> {
+fn events_of(op: &Op, id: fn(u8) -> WorkerId) -> Vec<(WorkerId, Option<KvEvent>)> {
     match *op {
         Op::Store {
             w,
@@ -174,7 +174,7 @@ fn events_of(op: &Op) -> Vec<(WorkerId, Option<KvEvent>)> {
             parent,
             tier: t,
         } => vec![(
-            WorkerId(w.into()),
+            id(w),
             Some(KvEvent::Stored {
                 hash: h(block),
                 parent: parent.map(h),
@@ -182,22 +182,22 @@ fn events_of(op: &Op) -> Vec<(WorkerId, Option<KvEvent>)> {
             }),
         )],
         Op::Remove { w, block, tier: t } => vec![(
-            WorkerId(w.into()),
+            id(w),
             Some(KvEvent::Removed {
                 hash: h(block),
                 tier: tier(t),
             }),
         )],
         Op::Clear { w, tier: t } => {
-            vec![(WorkerId(w.into()), Some(KvEvent::Cleared { tier: tier(t) }))]
+            vec![(id(w), Some(KvEvent::Cleared { tier: tier(t) }))]
         }
-        Op::RemoveWorker { w } => vec![(WorkerId(w.into()), None)],
+        Op::RemoveWorker { w } => vec![(id(w), None)],
         Op::Chain { w, f, len, tier: t } => chain(f, len)
             .iter()
             .enumerate()
             .map(|(i, &hash)| {
                 (
-                    WorkerId(w.into()),
+                    id(w),
                     Some(KvEvent::Stored {
                         hash,
                         parent: (i > 0).then(|| h(8 * f + i as u8 - 1)),
@@ -210,44 +210,85 @@ fn events_of(op: &Op) -> Vec<(WorkerId, Option<KvEvent>)> {
     }
 }
 
+/// Worker ids 0..5 as they are.
+fn small_id(w: u8) -> WorkerId {
+    WorkerId(w.into())
+}
+
+/// Worker ids that do not fit two to an inline slot (2^27 and up), mixed with small ones, so
+/// that pairs of holders also go to the shared holder-set arena.
+fn large_id(w: u8) -> WorkerId {
+    WorkerId([0, 1 << 27, 7, u32::MAX - 1, u32::MAX][usize::from(w % 5)])
+}
+
+/// Runs `ops` through every index and the reference, comparing after every op.
+fn agrees_with_the_reference(ops: &[Op], id: fn(u8) -> WorkerId) -> Result<(), TestCaseError> {
+    for (name, mut index) in implementations() {
+        let mut reference = Reference::default();
+        for (step, op) in ops.iter().enumerate() {
+            let events = events_of(op, id);
+            if let (Op::Chain { .. }, Some(&(w, _))) = (op, events.first()) {
+                // A run, as engines publish it: one batch.
+                let run: Vec<KvEvent> = events.into_iter().filter_map(|(_, e)| e).collect();
+                index.apply_batch(w, &run);
+                run.iter().for_each(|e| reference.apply(w, e));
+                continue;
+            }
+            for (w, event) in events {
+                match event {
+                    Some(e) => {
+                        index.apply(w, &e);
+                        reference.apply(w, &e);
+                    }
+                    None => {
+                        index.remove_worker(w);
+                        reference.held.remove(&w);
+                    }
+                }
+            }
+            for f in 0..3 {
+                for len in [1, 4, 8] {
+                    let q = chain(f, len);
+                    prop_assert_eq!(
+                        index.overlaps(&q),
+                        reference.overlaps(&q),
+                        "{}: step {} {:?}, query {}/{}",
+                        name,
+                        step,
+                        op,
+                        f,
+                        len
+                    );
+                }
+            }
+            let st = index.stats();
+            prop_assert_eq!(st.entries, reference.entries(), "{}: entries", name);
+            prop_assert_eq!(st.blocks, reference.blocks(), "{}: blocks", name);
+            prop_assert_eq!(st.workers, reference.held.len(), "{}: workers", name);
+            prop_assert_eq!(st.orphan_stores, reference.orphans, "{}: orphans", name);
+            prop_assert_eq!(st.duplicate_stores, reference.duplicates, "{}: dups", name);
+            prop_assert_eq!(st.unknown_removes, reference.unknown_removes, "{}", name);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn every_index_agrees_with_the_reference(ops in prop::collection::vec(op(), 1..120)) {
-        for (name, mut index) in implementations() {
-            let mut reference = Reference::default();
-            for (step, op) in ops.iter().enumerate() {
-                for (w, event) in events_of(op) {
-                    match event {
-                        Some(e) => {
-                            index.apply(w, &e);
-                            reference.apply(w, &e);
-                        }
-                        None => {
-                            index.remove_worker(w);
-                            reference.held.remove(&w);
-                        }
-                    }
-                }
-                for f in 0..3 {
-                    for len in [1, 4, 8] {
-                        let q = chain(f, len);
-                        prop_assert_eq!(
-                            index.overlaps(&q), reference.overlaps(&q),
-                            "{}: step {} {:?}, query {}/{}", name, step, op, f, len
-                        );
-                    }
-                }
-                let st = index.stats();
-                prop_assert_eq!(st.entries, reference.entries(), "{}: entries", name);
-                prop_assert_eq!(st.blocks, reference.blocks(), "{}: blocks", name);
-                prop_assert_eq!(st.workers, reference.held.len(), "{}: workers", name);
-                prop_assert_eq!(st.orphan_stores, reference.orphans, "{}: orphans", name);
-                prop_assert_eq!(st.duplicate_stores, reference.duplicates, "{}: dups", name);
-                prop_assert_eq!(st.unknown_removes, reference.unknown_removes, "{}", name);
-            }
-        }
+        agrees_with_the_reference(&ops, small_id)?;
+    }
+
+    /// The same with worker ids of every size: holder pairs that do not fit inline, and the
+    /// shared (interned) holder sets changed copy-on-write by one block while other blocks keep
+    /// the old set.
+    #[test]
+    fn every_index_agrees_with_the_reference_for_large_worker_ids(
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        agrees_with_the_reference(&ops, large_id)?;
     }
 
     /// Events re-ordered within a worker's stream (stores only) end in the same state, and a
@@ -273,6 +314,98 @@ proptest! {
             prop_assert_eq!(index.overlaps(&q), once.clone(), "{}", name);
             prop_assert_eq!(once.get(WorkerId(1)).total(), 16, "{}", name);
             prop_assert_eq!(index.stats().duplicate_stores, 16, "{}", name);
+        }
+    }
+}
+
+/// Long mixed batches (more events than `ExactIndex` reads ahead at once) end where the same
+/// events applied one by one end.
+#[test]
+fn long_batches_match_single_events() {
+    let mut events = Vec::new();
+    for round in 0..6u8 {
+        for i in 0..20u8 {
+            let b = round * 20 + i;
+            events.push(KvEvent::Stored {
+                hash: h(b),
+                parent: (i > 0).then(|| h(b - 1)),
+                tier: tier(round),
+            });
+        }
+        for i in (5..20u8).rev().step_by(round as usize + 1) {
+            events.push(KvEvent::Removed {
+                hash: h(round * 20 + i),
+                tier: tier(round),
+            });
+        }
+        if round == 3 {
+            events.push(KvEvent::Cleared { tier: tier(1) });
+        }
+    }
+    for (name, mut batched) in implementations() {
+        let (_, mut single) = implementations()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("same implementation");
+        batched.apply_batch(WorkerId(2), &events);
+        events.iter().for_each(|e| single.apply(WorkerId(2), e));
+        for round in 0..6u8 {
+            let q: Vec<_> = (0..20).map(|i| h(round * 20 + i)).collect();
+            assert_eq!(
+                batched.overlaps(&q),
+                single.overlaps(&q),
+                "{name}: round {round}"
+            );
+        }
+        let (a, b) = (batched.stats(), single.stats());
+        assert_eq!(
+            (a.entries, a.blocks, a.orphan_stores, a.unknown_removes),
+            (b.entries, b.blocks, b.orphan_stores, b.unknown_removes),
+            "{name}"
+        );
+    }
+}
+
+/// Blocks with equal holder sets share one set in `ExactIndex`; changing one block's holders
+/// must leave the others' alone.
+#[test]
+fn a_shared_holder_set_changes_for_one_block_only() {
+    for (name, mut index) in implementations() {
+        let q: Vec<_> = (0..8u8).map(h).collect();
+        for w in 0..6u32 {
+            let run: Vec<_> = (0..8u8)
+                .map(|i| KvEvent::Stored {
+                    hash: h(i),
+                    parent: (i > 0).then(|| h(i - 1)),
+                    tier: Tier::Device,
+                })
+                .collect();
+            index.apply_batch(WorkerId(w), &run);
+        }
+        index.apply(
+            WorkerId(3),
+            &KvEvent::Removed {
+                hash: h(5),
+                tier: Tier::Device,
+            },
+        );
+        index.apply(
+            WorkerId(4),
+            &KvEvent::Stored {
+                hash: h(2),
+                parent: Some(h(1)),
+                tier: Tier::Host,
+            },
+        );
+        let s = index.overlaps(&q);
+        for w in 0..6u32 {
+            let expect = if w == 3 { 5 } else { 8 };
+            assert_eq!(s.get(WorkerId(w)).total(), expect, "{name}: worker {w}");
+            assert_eq!(
+                s.get(WorkerId(w)).on(Tier::Device),
+                expect,
+                "{name}: worker {w}"
+            );
         }
     }
 }

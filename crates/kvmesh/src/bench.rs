@@ -8,7 +8,10 @@
 //!   (prefix caching on): the speed-up prefix caching gives.
 //!
 //! Prompts are token ids drawn from a fixed-seed generator over ordinary (non-control) tokens,
-//! so runs are repeatable and need no text corpus.
+//! so runs are repeatable and need no text corpus. Every number is the best of `--repeat`
+//! measurements (fresh prompts; for decode, consecutive windows of `--decode-tokens` steps),
+//! as `scripts/bench_llamacpp.py` does for llama.cpp: on a shared machine the best run is the
+//! one least disturbed by other work.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,9 +51,12 @@ pub struct EngineBenchArgs {
     /// Compute threads [default: all cores]
     #[arg(long)]
     threads: Option<usize>,
-    /// Tokens generated per sequence in the decode runs
+    /// Tokens generated per sequence in each decode measurement window
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
+    /// Measurements per number; the best is reported
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -59,6 +65,8 @@ pub struct EngineBenchArgs {
 #[derive(Debug, Serialize)]
 struct Report {
     threads: usize,
+    /// Measurements per number (the best is reported).
+    repeat: u32,
     weights_mib: f64,
     prefill: Vec<Throughput>,
     decode: Vec<Throughput>,
@@ -120,13 +128,17 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
         ..SamplingParams::greedy(1)
     };
 
+    let repeat = args.repeat as usize;
     let mut prefill = Vec::new();
     for len in [512usize, 2048] {
-        let mut e = new_engine(false)?;
-        let ttft = time_to_first_token(&mut e, prompt(len), one_token.clone())?;
+        let mut best = Duration::MAX;
+        for _ in 0..repeat {
+            let mut e = new_engine(false)?;
+            best = best.min(time_to_first_token(&mut e, prompt(len), one_token.clone())?);
+        }
         prefill.push(Throughput {
             size: len,
-            tokens_per_s: len as f64 / ttft.as_secs_f64(),
+            tokens_per_s: len as f64 / best.as_secs_f64(),
         });
     }
 
@@ -135,38 +147,55 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
         let mut e = new_engine(false)?;
         let params = SamplingParams {
             ignore_eos: true,
-            ..SamplingParams::greedy(args.decode_tokens)
+            ..SamplingParams::greedy(args.decode_tokens * repeat)
         };
         for _ in 0..batch {
             e.add_request(prompt(512), params.clone())?;
         }
-        // Prefill everything first (each request's first token comes with its prefill).
-        let mut started = 0;
-        while started < batch {
-            started += e.step()?.iter().filter(|o| o.token.is_some()).count();
+        // Prefill everything first: each request's first token comes with the end of its
+        // prefill, so wait until every request has produced one (counting requests, not
+        // tokens: early requests decode while later ones are still in prefill).
+        let mut started = std::collections::HashSet::new();
+        while started.len() < batch {
+            started.extend(e.step()?.iter().filter(|o| o.token.is_some()).map(|o| o.id));
         }
-        let t = Instant::now();
-        let mut generated = 0;
-        while e.has_unfinished() {
-            generated += e.step()?.iter().filter(|o| o.token.is_some()).count();
+        let mut best = 0f64;
+        for _ in 0..repeat {
+            let t = Instant::now();
+            let mut generated = 0;
+            for _ in 0..args.decode_tokens {
+                if !e.has_unfinished() {
+                    break;
+                }
+                generated += e.step()?.iter().filter(|o| o.token.is_some()).count();
+            }
+            best = best.max(generated as f64 / t.elapsed().as_secs_f64());
         }
         decode.push(Throughput {
             size: batch,
-            tokens_per_s: generated as f64 / t.elapsed().as_secs_f64(),
+            tokens_per_s: best,
         });
     }
 
-    let mut e = new_engine(true)?;
-    let base = prompt(2048);
-    let cold = time_to_first_token(&mut e, base.clone(), one_token.clone())?;
-    let mut second = base[..1984].to_vec();
-    second.extend(prompt(64));
-    let hits_before = e.stats().pool.hit_tokens;
-    let warm = time_to_first_token(&mut e, second, one_token)?;
-    let cached_tokens = (e.stats().pool.hit_tokens - hits_before) as usize;
+    let (mut cold, mut warm, mut cached_tokens) = (Duration::MAX, Duration::MAX, 0);
+    for _ in 0..repeat {
+        let mut e = new_engine(true)?;
+        let base = prompt(2048);
+        cold = cold.min(time_to_first_token(
+            &mut e,
+            base.clone(),
+            one_token.clone(),
+        )?);
+        let mut second = base[..1984].to_vec();
+        second.extend(prompt(64));
+        let hits_before = e.stats().pool.hit_tokens;
+        warm = warm.min(time_to_first_token(&mut e, second, one_token.clone())?);
+        cached_tokens = (e.stats().pool.hit_tokens - hits_before) as usize;
+    }
 
     let report = Report {
         threads,
+        repeat: args.repeat,
         weights_mib: model.weight_bytes() as f64 / (1 << 20) as f64,
         prefill,
         decode,
@@ -179,8 +208,8 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
         return Ok(serde_json::to_string_pretty(&report)? + "\n");
     }
     let mut out = format!(
-        "kvmesh engine on {} ({} threads, weights {:.0} MiB)\n\n",
-        spec.name, report.threads, report.weights_mib
+        "kvmesh engine on {} ({} threads, weights {:.0} MiB, best of {})\n\n",
+        spec.name, report.threads, report.weights_mib, report.repeat
     );
     for p in &report.prefill {
         out += &format!(

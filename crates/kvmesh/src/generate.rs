@@ -1,4 +1,12 @@
 //! `kvmesh generate`: one prompt through the engine, streamed to stdout, with timings.
+//!
+//! The engine does the text: it is given the tokenizer, so each step's outputs carry their
+//! text delta, and stop strings (`--stop`) are matched, held back and cut inside the engine
+//! (see `kvmesh_engine::Engine::with_tokenizer`); this command only prints.
+//!
+//! The KV budget is one of `--kv-cache-gib` (the default, 0.5 GiB), `--num-blocks`, or
+//! `--kv-cache-memory-fraction` (the fraction of the memory limit, cgroup v2 `memory.max` or
+//! `MemTotal`, that weights and KV may use together; see `kvmesh_engine::MemoryLimit`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,8 +16,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvmesh_engine::{
-    ChatMessage, ChatTemplate, Engine, EngineConfig, GgufFile, LlamaModel, SamplingParams,
-    Tokenizer, DEFAULT_MODEL,
+    kv_blocks_for_fraction, ChatMessage, ChatTemplate, Engine, EngineConfig, GgufFile, LlamaModel,
+    MemoryLimit, SamplingParams, Tokenizer, DEFAULT_MODEL,
 };
 
 use crate::model_cmd;
@@ -71,12 +79,16 @@ pub struct GenerateArgs {
     /// Disable prefix caching (every prompt is recomputed)
     #[arg(long)]
     no_enable_prefix_caching: bool,
-    /// KV cache memory budget in GiB
-    #[arg(long, default_value_t = 0.5)]
-    kv_cache_gib: f64,
-    /// KV cache size in blocks (overrides --kv-cache-gib)
-    #[arg(long)]
+    /// KV cache memory budget in GiB [default: 0.5 when no other budget is given]
+    #[arg(long, group = "kv_budget")]
+    kv_cache_gib: Option<f64>,
+    /// KV cache size in blocks
+    #[arg(long, group = "kv_budget")]
     num_blocks: Option<usize>,
+    /// Fraction (0 < F <= 1) of the memory limit (cgroup v2 memory.max if lower, else
+    /// MemTotal) for weights and KV cache together; the KV cache gets what the weights leave
+    #[arg(long, value_name = "F", group = "kv_budget")]
+    kv_cache_memory_fraction: Option<f64>,
     /// Compute threads [default: all cores]
     #[arg(long)]
     threads: Option<usize>,
@@ -103,16 +115,8 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
         .config()
         .kv_geometry(args.block_size)
         .bytes_per_block();
-    let num_blocks = match args.num_blocks {
-        Some(n) => n,
-        None => {
-            if !(args.kv_cache_gib.is_finite() && args.kv_cache_gib > 0.0) {
-                bail!("--kv-cache-gib must be positive");
-            }
-            (args.kv_cache_gib * (1u64 << 30) as f64 / block_bytes as f64) as usize
-        }
-    };
     let weight_bytes = model.weight_bytes();
+    let (num_blocks, budget) = kv_budget(args, weight_bytes as u64, block_bytes)?;
     let cfg = EngineConfig {
         block_size: args.block_size,
         num_blocks,
@@ -121,16 +125,19 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
         enable_prefix_caching: !args.no_enable_prefix_caching,
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(Arc::new(model), cfg, tokenizer.stop_tokens().to_vec())?;
+    let stop_tokens = tokenizer.stop_tokens().to_vec();
+    let tokenizer = Arc::new(tokenizer);
+    let mut engine =
+        Engine::new(Arc::new(model), cfg, stop_tokens)?.with_tokenizer(Arc::clone(&tokenizer))?;
     eprintln!(
-        "loaded {} in {:.2} s: weights {:.0} MiB in memory, KV cache {:.0} MiB ({} blocks of {} tokens), {} threads",
+        "loaded {} in {:.2} s, {threads} threads\n\
+         weights {} in memory; KV cache {} = {num_blocks} blocks x {} tokens = {} tokens ({budget})",
         path.display(),
         load_start.elapsed().as_secs_f64(),
-        weight_bytes as f64 / (1 << 20) as f64,
-        engine.kv_bytes() as f64 / (1 << 20) as f64,
-        num_blocks,
+        mib(weight_bytes as u64),
+        mib(engine.kv_bytes() as u64),
         args.block_size,
-        threads
+        num_blocks as u64 * u64::from(args.block_size),
     );
 
     let text = match &template {
@@ -152,6 +159,7 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
         seed: args.seed,
         max_tokens: args.max_tokens,
         ignore_eos: args.ignore_eos,
+        stop_strings: args.stop.clone(),
         ..SamplingParams::default()
     };
     let prompt_len = prompt.len();
@@ -160,41 +168,18 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
     let start = Instant::now();
     let mut first_token = None;
     let mut generated = 0usize;
-    let mut stream = tokenizer.decode_stream(true);
-    let mut output = String::new();
-    let mut printed = 0usize;
     let mut stdout = std::io::stdout().lock();
-    'run: while engine.has_unfinished() {
+    while engine.has_unfinished() {
         for out in engine.step()? {
-            let Some(token) = out.token else { continue };
+            if out.token.is_none() {
+                continue;
+            }
             first_token.get_or_insert_with(|| start.elapsed());
             generated += 1;
-            stream.step_into(token, &mut output)?;
-            // Stop strings: cut before the first match and end the request.
-            if let Some(cut) = args
-                .stop
-                .iter()
-                .filter_map(|s| output.find(s.as_str()))
-                .min()
-            {
-                output.truncate(cut);
-                write_new(&mut stdout, &output, &mut printed)?;
-                engine.abort(out.id);
-                break 'run;
-            }
-            // Hold back a possible prefix of a stop string.
-            let hold = args
-                .stop
-                .iter()
-                .map(|s| longest_suffix_prefix(&output, s))
-                .max()
-                .unwrap_or(0);
-            let safe = floor_char_boundary(&output, output.len() - hold);
-            write_new(&mut stdout, &output[..safe], &mut printed)?;
+            stdout.write_all(out.text.as_bytes())?;
+            stdout.flush()?;
         }
     }
-    output.push_str(&stream.finish());
-    write_new(&mut stdout, &output, &mut printed)?;
     writeln!(stdout)?;
     let total = start.elapsed().as_secs_f64();
     let ttft = first_token.map_or(total, |d| d.as_secs_f64());
@@ -216,39 +201,90 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
     Ok(String::new())
 }
 
-fn write_new(out: &mut impl Write, text: &str, printed: &mut usize) -> Result<()> {
-    if text.len() > *printed {
-        out.write_all(&text.as_bytes()[*printed..])?;
-        out.flush()?;
-        *printed = text.len();
+/// The KV budget in blocks from whichever budget flag was given (clap allows at most one),
+/// and a description of where it came from for the startup report.
+fn kv_budget(args: &GenerateArgs, weight_bytes: u64, block_bytes: u64) -> Result<(usize, String)> {
+    if let Some(n) = args.num_blocks {
+        return Ok((n, format!("--num-blocks {n}")));
     }
-    Ok(())
+    if let Some(fraction) = args.kv_cache_memory_fraction {
+        let limit = MemoryLimit::detect().context("reading the memory limit")?;
+        let blocks = kv_blocks_for_fraction(fraction, limit.bytes, weight_bytes, block_bytes)
+            .context("--kv-cache-memory-fraction")?;
+        return Ok((
+            blocks,
+            format!("--kv-cache-memory-fraction {fraction} of the memory limit {limit}, less the weights"),
+        ));
+    }
+    let gib = args.kv_cache_gib.unwrap_or(DEFAULT_KV_CACHE_GIB);
+    if !(gib.is_finite() && gib > 0.0) {
+        bail!("--kv-cache-gib must be positive, got {gib}");
+    }
+    let blocks = (gib * (1u64 << 30) as f64 / block_bytes as f64) as usize;
+    Ok((blocks, format!("--kv-cache-gib {gib}")))
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
-    (1..stop.len())
-        .rev()
-        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
-        .unwrap_or(0)
-}
+/// The KV budget when no budget flag is given.
+const DEFAULT_KV_CACHE_GIB: f64 = 0.5;
 
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
+/// Bytes as MiB for the reports, with the exact byte count.
+fn mib(bytes: u64) -> String {
+    format!(
+        "{:.1} MiB ({bytes} bytes)",
+        bytes as f64 / (1u64 << 20) as f64
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<GenerateArgs, clap::Error> {
+        let argv = ["kvmesh", "--prompt", "hi"].iter().chain(extra);
+        Cli::try_parse_from(argv).map(|c| c.args)
+    }
+
     #[test]
-    fn stop_string_prefixes_are_held_back() {
-        assert_eq!(longest_suffix_prefix("hello wor", "world"), 3);
-        assert_eq!(longest_suffix_prefix("hello", "world"), 0);
-        assert_eq!(longest_suffix_prefix("abc", ""), 0);
-        assert_eq!(floor_char_boundary("héllo", 2), 1);
+    fn at_most_one_kv_budget_flag() {
+        for pair in [
+            ["--kv-cache-gib", "1", "--num-blocks", "10"],
+            ["--num-blocks", "10", "--kv-cache-memory-fraction", "0.5"],
+            ["--kv-cache-gib", "1", "--kv-cache-memory-fraction", "0.5"],
+        ] {
+            let err = parse(&pair).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+    }
+
+    #[test]
+    fn kv_budget_from_each_flag() {
+        let mib = 1u64 << 20;
+        let budget = |extra: &[&str]| kv_budget(&parse(extra).unwrap(), 0, mib);
+        // The default is today's 0.5 GiB.
+        assert_eq!(budget(&[]).unwrap().0, 512);
+        assert_eq!(budget(&["--kv-cache-gib", "0.25"]).unwrap().0, 256);
+        assert_eq!(budget(&["--num-blocks", "7"]).unwrap().0, 7);
+        assert!(budget(&["--kv-cache-gib", "0"]).is_err());
+        let err = budget(&["--kv-cache-memory-fraction", "1.5"]).unwrap_err();
+        assert!(format!("{err:#}").contains("(0, 1]"), "{err:#}");
+        // The real limit: a small fraction less huge weights leaves nothing.
+        let args = parse(&["--kv-cache-memory-fraction", "0.01"]).unwrap();
+        let err = kv_budget(&args, u64::MAX / 2, mib).unwrap_err();
+        assert!(format!("{err:#}").contains("no room"), "{err:#}");
+        let (blocks, how) = kv_budget(
+            &parse(&["--kv-cache-memory-fraction", "0.5"]).unwrap(),
+            0,
+            mib,
+        )
+        .unwrap();
+        assert!(blocks > 0 && how.contains("memory limit"), "{blocks} {how}");
     }
 }

@@ -30,6 +30,10 @@ pub(super) trait VecOps: Copy {
     /// `acc_i += sum_j p[i * n + j] * v_j` for the `r = acc.len() / d` accumulators and
     /// `n = v.len() / d` values.
     fn pv(self, p: &[f32], v: &[f32], d: usize, acc: &mut [f32]);
+    /// Hints that `x` will be read soon (a no-op where there is no such hint).
+    fn prefetch(self, x: &[f32]) {
+        let _ = x;
+    }
 }
 
 /// One call's fixed inputs: which sequence, which layer, which KV heads, from which position.
@@ -128,6 +132,15 @@ pub(super) fn attend<O: VecOps>(
                 let slot = pos % bs;
                 let n = KEY_TILE.min(bs - slot).min(end - pos);
                 let (keys, values) = job.cache.head_rows(job.table[pos / bs], job.layer, kv_head);
+                if slot == 0 && pos + bs < end {
+                    // Blocks sit anywhere in the cache, so the hardware prefetcher cannot
+                    // guess the next one; batched decode reads far more KV than fits in cache.
+                    let next = job
+                        .cache
+                        .head_rows(job.table[pos / bs + 1], job.layer, kv_head);
+                    ops.prefetch(next.0);
+                    ops.prefetch(next.1);
+                }
                 let k = &keys[slot * d..(slot + n) * d];
                 let v = &values[slot * d..(slot + n) * d];
                 let s = &mut s[..nr * n];

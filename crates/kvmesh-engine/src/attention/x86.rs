@@ -177,6 +177,14 @@ impl VecOps for Avx2Fma {
     }
 
     #[inline(always)]
+    fn prefetch(self, x: &[f32]) {
+        for line in x.chunks(16) {
+            // SAFETY: a prefetch hint of an address inside `x`; it never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+
+    #[inline(always)]
     fn pv(self, p: &[f32], v: &[f32], d: usize, acc: &mut [f32]) {
         let (r, n) = (acc.len() / d, v.len() / d);
         let p = &p[..r * n];

@@ -765,4 +765,4 @@ fn merges(gguf: &GgufFile, vocab: &Vocab) -> Result<Vec<(String, String)>, Token
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

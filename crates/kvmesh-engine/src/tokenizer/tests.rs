@@ -101,7 +101,8 @@ fn entries(pre: &'static str, overrides: Vec<(&'static str, V)>) -> Vec<(&'stati
     e
 }
 
-fn small(pre: &'static str) -> Tokenizer {
+/// The small vocabulary's tokenizer (also used by other modules' unit tests).
+pub(crate) fn small(pre: &'static str) -> Tokenizer {
     Tokenizer::from_gguf(&gguf(&entries(pre, vec![]))).unwrap()
 }
 
