@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let (cols, rows) = (cols as usize, rows as usize);
         match PackedLinear::from_ggml(ty, bytes, rows, cols) {
+            Ok(_) if rows == 0 => {} // no rows: `cols` is not bounded by the data
             Ok(packed) => {
                 assert!(cols > 0 && cols % 32 == 0);
                 let mut row = vec![0.0; cols];

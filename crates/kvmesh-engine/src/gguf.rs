@@ -157,9 +157,18 @@ impl GgufFile {
             metadata.insert(key, value);
         }
         let mut tensors = Vec::with_capacity(tensor_count);
+        let mut names = std::collections::HashSet::with_capacity(tensor_count);
         for _ in 0..tensor_count {
             let at = r.pos;
             let name = r.string()?;
+            // Tensors are looked up by name: a second one of the same name would be unreachable
+            // (llama.cpp refuses such files too).
+            if !names.insert(name.clone()) {
+                return Err(GgufError::Malformed {
+                    offset: at as u64,
+                    what: format!("tensor name '{name}' appears twice"),
+                });
+            }
             let n_dims = r.u32()?;
             if n_dims > MAX_DIMS {
                 return Err(GgufError::Malformed {
@@ -525,6 +534,18 @@ pub(crate) mod tests {
             );
         }
         assert!(GgufFile::parse(bytes).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_tensor_name_is_an_error() {
+        let bytes = build(
+            &[],
+            &[("w", vec![8], vec![1.0; 8]), ("w", vec![8], vec![2.0; 8])],
+        );
+        match GgufFile::parse(bytes) {
+            Err(GgufError::Malformed { what, .. }) => assert!(what.contains("'w' appears twice")),
+            other => panic!("expected a malformed-file error, got {other:?}"),
+        }
     }
 
     #[test]

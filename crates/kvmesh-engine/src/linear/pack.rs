@@ -227,7 +227,10 @@ fn check_quantisable(
             &bytes[row * row_bytes..(row + 1) * row_bytes],
             &mut floats,
         );
-        if let Some(&value) = floats.iter().find(|v| !(v.abs() <= MAX_QUANTISABLE)) {
+        if let Some(&value) = floats
+            .iter()
+            .find(|v| !v.is_finite() || v.abs() > MAX_QUANTISABLE)
+        {
             return Err(PackError::Unquantisable { row, value });
         }
     }
