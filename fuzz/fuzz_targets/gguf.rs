@@ -6,8 +6,8 @@
 //! * For a parsed file: `LlamaConfig::from_gguf` returns a config or an error; every tensor's
 //!   bytes lie inside the file; a tensor of a known type and at most 2^16 elements dequantises;
 //!   a 2-D one packs into `PackedLinear` exactly when its rows are whole 32-element blocks,
-//!   and its packed rows equal the dequantised rows bit for bit (Q4_0: for scales up to 8188
-//!   in magnitude, as documented; float tensors, quantised to 8 bits: within half a step, or
+//!   and its packed rows equal the dequantised rows (bit for bit but for the sign of zero;
+//!   Q4_0: for scales up to 8188 in magnitude, as documented; float tensors, quantised to 8 bits: within half a step, or
 //!   refused as `Unquantisable` only for a value that is not finite or too large).
 //!
 //! Seed: `corpus/gguf/tiny_llama.gguf`, a small llama-architecture file with F32, Q4_1 and
@@ -62,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_row(ty: GgmlType, src: &[u8], got: &[f32], want: &[f32]) {
-    let same = |g: f32, w: f32| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+    // Bit for bit, except that Q4_0's `d q + (-8d)` gives +0 where the file's `d (q - 8)`
+    // gives -0 (a negative `d` and `q = 8`): equal values.
+    let same = |g: f32, w: f32| g == w || (g.is_nan() && w.is_nan());
     for (b, (g, w)) in got.chunks_exact(32).zip(want.chunks_exact(32)).enumerate() {
         match ty {
             GgmlType::Q4_1 | GgmlType::Q8_0 => {

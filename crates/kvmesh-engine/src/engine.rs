@@ -443,8 +443,9 @@ impl Engine {
             r.tokens.push(token);
             r.hasher.push(token);
             self.stats.generated_tokens += 1;
-            let stop_token = !r.params.ignore_eos
-                && (self.stop_tokens.contains(&token) || r.params.stop_token_ids.contains(&token));
+            // As in vLLM, `ignore_eos` ignores the model's end tokens, not the request's own.
+            let stop_token = (!r.params.ignore_eos && self.stop_tokens.contains(&token))
+                || r.params.stop_token_ids.contains(&token);
             let mut finished = if stop_token {
                 Some(FinishReason::Stop)
             } else if r.generated() >= r.params.max_tokens {

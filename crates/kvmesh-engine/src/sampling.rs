@@ -28,7 +28,8 @@ pub struct SamplingParams {
     /// a tokenizer ([`Engine::with_tokenizer`](crate::Engine::with_tokenizer)); none may be
     /// empty.
     pub stop_strings: Vec<String>,
-    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    /// Keep generating past the model's end-of-sequence tokens (for benchmarks); the
+    /// request's own `stop_token_ids` and `stop_strings` still apply, as in vLLM.
     pub ignore_eos: bool,
 }
 

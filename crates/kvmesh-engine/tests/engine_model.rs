@@ -169,6 +169,27 @@ fn greedy_tokens_do_not_depend_on_chunking_or_preemption() {
     );
 }
 
+/// `ignore_eos` ignores the model's end tokens only: a request's own stop tokens still end it.
+#[test]
+fn ignore_eos_keeps_the_requests_own_stop_tokens() {
+    let Some(m) = loaded() else { return };
+    let prompt = chat(m, "Name three colours.");
+    let free = run(
+        &mut engine(m, EngineConfig::default()),
+        std::slice::from_ref(&prompt),
+        6,
+    );
+    let params = SamplingParams {
+        ignore_eos: true,
+        stop_token_ids: vec![free[0][2]],
+        ..SamplingParams::greedy(6)
+    };
+    let mut e = engine(m, EngineConfig::default());
+    let out = run_with(&mut e, &[prompt], params);
+    let stop_at = free[0].iter().position(|&t| t == free[0][2]).unwrap();
+    assert_eq!(out[0], free[0][..=stop_at], "stops at the first stop token");
+}
+
 #[test]
 fn bad_requests_are_refused_with_a_reason() {
     let Some(m) = loaded() else { return };
