@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
         if info.elements() > 1 << 16 {
             continue;
         }
-        let values = file.tensor_f32(&info.name).expect("known type, bounded size");
+        let values = file
+            .tensor_f32(&info.name)
+            .expect("known type, bounded size");
         assert_eq!(values.len() as u64, info.elements());
         let [cols, rows] = info.dims[..] else {
             continue;
@@ -54,7 +56,9 @@ fuzz_target!(|data: &[u8]| {
                 // Only float tensors, and only for a value that really is out of range.
                 assert!(matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16));
                 assert!(!(value.abs() <= 65504.0 * 127.0), "{value} is quantisable");
-                assert!(values[row * cols..(row + 1) * cols].iter().any(|v| v.to_bits() == value.to_bits()));
+                assert!(values[row * cols..(row + 1) * cols]
+                    .iter()
+                    .any(|v| v.to_bits() == value.to_bits()));
             }
             Err(_) => assert!(cols == 0 || cols % 32 != 0),
         }
