@@ -103,16 +103,14 @@ impl PackedLinear {
             lines: vec![Line([0; 64]); panels * blocks * bb / 64],
         };
         let row_bytes = bytes.len() / rows.max(1);
-        if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
-            check_quantisable(ty, bytes, rows, cols)?;
-        }
         let lines_per_panel = blocks * bb / 64;
         // Panels are independent: pack them in parallel (loading a model packs ~135M weights).
-        packed
+        // The first unquantisable float row, in row order, is the error.
+        let refused = packed
             .lines
             .par_chunks_mut(lines_per_panel)
             .enumerate()
-            .for_each(|(p, lines)| {
+            .find_map_first(|(p, lines)| {
                 // SAFETY: `Line` is a plain byte array; the slice covers exactly its bytes.
                 let data = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -126,6 +124,9 @@ impl PackedLinear {
                     let src = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
                         dequantize(ty, src, &mut floats);
+                        if let Some(&value) = floats.iter().find(|v| !quantisable(**v)) {
+                            return Some(PackError::Unquantisable { row: r, value });
+                        }
                     }
                     for (b, block) in data.chunks_exact_mut(bb).enumerate() {
                         let source = match ty {
@@ -139,8 +140,12 @@ impl PackedLinear {
                         put(format, block, lane, &source);
                     }
                 }
+                None
             });
-        Ok(packed)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(packed),
+        }
     }
 }
 
@@ -212,33 +217,13 @@ fn q8_block(b: &[u8]) -> SourceBlock {
 /// Largest magnitude whose 8-bit step (`amax / 127`) is a finite f16.
 const MAX_QUANTISABLE: f32 = 65504.0 * 127.0;
 
-/// Every value of a float tensor is finite and small enough for [`quantize_block`].
-fn check_quantisable(
-    ty: GgmlType,
-    bytes: &[u8],
-    rows: usize,
-    cols: usize,
-) -> Result<(), PackError> {
-    let row_bytes = bytes.len() / rows.max(1);
-    let mut floats = vec![0f32; cols];
-    for row in 0..rows {
-        dequantize(
-            ty,
-            &bytes[row * row_bytes..(row + 1) * row_bytes],
-            &mut floats,
-        );
-        if let Some(&value) = floats
-            .iter()
-            .find(|v| !v.is_finite() || v.abs() > MAX_QUANTISABLE)
-        {
-            return Err(PackError::Unquantisable { row, value });
-        }
-    }
-    Ok(())
+/// Whether [`quantize_block`] can represent `v`: finite and at most [`MAX_QUANTISABLE`].
+fn quantisable(v: f32) -> bool {
+    v.is_finite() && v.abs() <= MAX_QUANTISABLE
 }
 
 /// Symmetric 8-bit quantisation of 32 floats with an f16 scale (values checked by
-/// [`check_quantisable`]).
+/// [`quantisable`]).
 fn quantize_block(x: &[f32]) -> SourceBlock {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = f32_to_f16(amax / 127.0);
