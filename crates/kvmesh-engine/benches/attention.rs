@@ -1,10 +1,14 @@
 //! Paged attention micro-benchmarks with SmolLM2-135M shapes (9 query heads, 3 KV heads,
-//! head dim 64, blocks of 16 tokens, one layer), portable vs AVX2+FMA backend.
+//! head dim 64, blocks of 16 tokens, one layer), portable vs AVX2+FMA backend, f16 and f32 KV.
 //!
-//! - `decode/<backend>/b<batch>_ctx<context>`: one decode step for `batch` sequences of
-//!   `context` tokens each (batch 1, 8, 16; context 512, 2048); throughput in KV tokens read.
-//! - `prefill/<backend>/chunk512_start<s>`: a 512-token chunk over a cached prefix of `s`
-//!   tokens (0 and 1536); throughput in query tokens.
+//! - `decode/<backend>/<dtype>_b<batch>_ctx<context>`: one decode step for `batch` sequences
+//!   of `context` tokens each (batch 1, 8, 16; context 512, 2048); throughput in KV tokens
+//!   read.
+//! - `prefill/<backend>/<dtype>_chunk512_start<s>`: a 512-token chunk over a cached prefix of
+//!   `s` tokens (0 and 1536); throughput in query tokens.
+//!
+//! One layer keeps the KV in the last-level cache (at most 48 MiB here), so this measures the
+//! kernels' arithmetic; a 30-layer batch reads from DRAM (see `docs/bench/engine.md`).
 //!
 //! Block tables are shuffled (as a pool hands them out after churn), and every sequence has
 //! its own blocks. After criterion's runs a table of portable vs SIMD times (best of
@@ -40,7 +44,7 @@ fn rng_stream(seed: u64) -> impl FnMut() -> f32 {
     }
 }
 
-fn setup(seqs: usize, len: usize) -> Setup {
+fn setup(seqs: usize, len: usize, dtype: KvDtype) -> Setup {
     let dims = ModelDims {
         num_layers: 1,
         num_query_heads: QUERY_HEADS,
@@ -48,7 +52,7 @@ fn setup(seqs: usize, len: usize) -> Setup {
         head_dim: HEAD_DIM,
         max_context: None,
     };
-    let geometry = KvGeometry::new(dims, KvDtype::F32, BLOCK as u32).unwrap();
+    let geometry = KvGeometry::new(dims, dtype, BLOCK as u32).unwrap();
     let per_seq = len.div_ceil(BLOCK);
     let num_blocks = seqs * per_seq;
     let mut pool = BlockPool::builder()
@@ -93,13 +97,21 @@ struct Case {
 fn cases() -> Vec<Case> {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let mut cases = vec![];
+    for dtype in [KvDtype::F16, KvDtype::F32] {
+        cases.extend(dtype_cases(dtype, scale));
+    }
+    cases
+}
+
+fn dtype_cases(dtype: KvDtype, scale: f32) -> Vec<Case> {
+    let mut cases = vec![];
     for context in [512usize, 2048] {
         for batch in [1usize, 8, 16] {
-            let s = setup(batch, context);
+            let s = setup(batch, context, dtype);
             let q = queries(batch);
             cases.push(Case {
                 group: "decode",
-                name: format!("b{batch}_ctx{context}"),
+                name: format!("{dtype}_b{batch}_ctx{context}"),
                 throughput: (batch * context) as u64,
                 run: Box::new(move |a: &PagedAttention| {
                     let seqs: Vec<(&[BlockId], usize)> =
@@ -114,11 +126,11 @@ fn cases() -> Vec<Case> {
     }
     for start in [0usize, 1536] {
         let chunk = 512;
-        let s = setup(1, start + chunk);
+        let s = setup(1, start + chunk, dtype);
         let q = queries(chunk);
         cases.push(Case {
             group: "prefill",
-            name: format!("chunk{chunk}_start{start}"),
+            name: format!("{dtype}_chunk{chunk}_start{start}"),
             throughput: chunk as u64,
             run: Box::new(move |a: &PagedAttention| {
                 let mut out = vec![0.0; q.len()];
@@ -195,13 +207,13 @@ fn main() {
     println!();
     println!("portable vs SIMD (best of 5 interleaved rounds, per call):");
     println!(
-        "{:<8} {:<20} {:>12} {:>12} {:>7}",
+        "{:<8} {:<24} {:>12} {:>12} {:>7}",
         "kernel", "case", "scalar us", "simd us", "ratio"
     );
     for case in &cases {
         let t = best_times(case, &backends);
         println!(
-            "{:<8} {:<20} {:>12.1} {:>12.1} {:>6.2}x",
+            "{:<8} {:<24} {:>12.1} {:>12.1} {:>6.2}x",
             case.group,
             case.name,
             t[0].as_secs_f64() * 1e6,

@@ -38,8 +38,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use kvmesh_core::{
-    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, PoolError, PoolStats, SequenceHasher,
-    SequenceId,
+    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, KvDtype, PoolError, PoolStats,
+    SequenceHasher, SequenceId,
 };
 use thiserror::Error;
 
@@ -56,6 +56,9 @@ pub struct EngineConfig {
     pub block_size: u32,
     /// KV blocks in the cache: the memory budget (default 2048).
     pub num_blocks: usize,
+    /// Element type of the KV cache (default [`KvDtype::F16`]; [`KvDtype::F32`] is the other
+    /// one stored). Attention computes in f32 either way.
+    pub kv_cache_dtype: KvDtype,
     /// Most requests running at once (default 64).
     pub max_num_seqs: usize,
     /// Most tokens computed per step, prefill and decode together (default 2048).
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
         EngineConfig {
             block_size: 16,
             num_blocks: 2048,
+            kv_cache_dtype: KvDtype::F16,
             max_num_seqs: 64,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: true,
@@ -253,7 +257,9 @@ impl Engine {
         if max_len < 2 {
             return bad("the KV budget must hold at least two tokens");
         }
-        let geometry = model.config().kv_geometry(cfg.block_size);
+        let geometry = model
+            .config()
+            .kv_geometry(cfg.block_size, cfg.kv_cache_dtype);
         let cache = KvCache::new(geometry, cfg.num_blocks)
             .map_err(|e| EngineError::Config(e.to_string()))?;
         let pool = BlockPool::builder()

@@ -42,6 +42,7 @@ mod detokenizer;
 mod engine;
 mod error;
 mod gguf;
+mod huge_pages;
 mod kv_cache;
 mod linear;
 #[cfg(feature = "gemm")]

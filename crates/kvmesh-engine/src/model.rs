@@ -118,8 +118,8 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// The KV geometry of this model at f32 in blocks of `block_size` tokens.
-    pub fn kv_geometry(&self, block_size: u32) -> KvGeometry {
+    /// The KV geometry of this model with `dtype` elements in blocks of `block_size` tokens.
+    pub fn kv_geometry(&self, block_size: u32, dtype: KvDtype) -> KvGeometry {
         KvGeometry::new(
             ModelDims {
                 num_layers: self.num_layers as u32,
@@ -128,7 +128,7 @@ impl LlamaConfig {
                 head_dim: self.head_dim as u32,
                 max_context: Some(self.max_context as u32),
             },
-            KvDtype::F32,
+            dtype,
             block_size,
         )
         .expect("validated in from_gguf")

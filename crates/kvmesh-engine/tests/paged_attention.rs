@@ -1,6 +1,10 @@
-//! Paged attention against a dense reference, over every backend this CPU has.
+//! Paged attention against a dense reference, over every backend this CPU has and both KV
+//! element types (f32, f16).
 //!
-//! The reference is plain `softmax(Q K^T * scale) V` on contiguous arrays, in f64. Paged
+//! The reference is plain `softmax(Q K^T * scale) V` on contiguous arrays, in f64, over the
+//! keys and values as the cache stores them (rounded to half for an f16 cache: the attention
+//! kernels must be exact up to f32 arithmetic on what is stored; the rounding itself is the
+//! dtype's, bounded separately by `f16_rounding_is_bounded_and_saturates`). Paged
 //! results (random, shuffled block tables; GQA / MQA / MHA; head dims 32/64/128 plus odd
 //! ones; block sizes 1/4/16; partial last blocks) must match it to a relative error of
 //! `TOLERANCE` per output head vector (max abs error over the vector's max abs value).
@@ -12,7 +16,9 @@
 //! for debug-mode CI (the whole file runs in a few seconds).
 
 use kvmesh_core::{BlockCopy, BlockId, BlockPool, KvDtype, KvGeometry, KvPart, ModelDims};
-use kvmesh_engine::{AttentionBackend, KvCache, KvCacheError, PagedAttention};
+use kvmesh_engine::{
+    f16_to_f32, f32_to_f16, AttentionBackend, KvCache, KvCacheError, PagedAttention,
+};
 use proptest::prelude::*;
 
 /// Paged vs dense reference, relative to each output head vector's magnitude.
@@ -57,7 +63,10 @@ impl Rng {
     }
 }
 
-fn geometry(layers: u32, (qh, kvh): (u32, u32), d: u32, bs: u32) -> KvGeometry {
+/// The dtypes the cache stores.
+const DTYPES: [KvDtype; 2] = [KvDtype::F32, KvDtype::F16];
+
+fn geometry(layers: u32, (qh, kvh): (u32, u32), d: u32, bs: u32, dtype: KvDtype) -> KvGeometry {
     let dims = ModelDims {
         num_layers: layers,
         num_query_heads: qh,
@@ -65,7 +74,27 @@ fn geometry(layers: u32, (qh, kvh): (u32, u32), d: u32, bs: u32) -> KvGeometry {
         head_dim: d,
         max_context: None,
     };
-    KvGeometry::new(dims, KvDtype::F32, bs).unwrap()
+    KvGeometry::new(dims, dtype, bs).unwrap()
+}
+
+/// `values` as a cache of `dtype` stores them.
+fn stored(dtype: KvDtype, values: Vec<f32>) -> Vec<f32> {
+    match dtype {
+        KvDtype::F16 => values
+            .into_iter()
+            .map(|x| f16_to_f32(f32_to_f16(x.clamp(-65_504.0, 65_504.0))))
+            .collect(),
+        _ => values,
+    }
+}
+
+/// Dense K/V as `cache` stores them.
+fn stored_dense(cache: &KvCache, keys: Vec<f32>, values: Vec<f32>) -> Dense {
+    let dtype = cache.geometry().dtype();
+    Dense {
+        keys: stored(dtype, keys),
+        values: stored(dtype, values),
+    }
 }
 
 /// Every block id `0..n` (BlockId has no public constructor: ask a pool), shuffled.
@@ -100,7 +129,7 @@ struct Dense {
 }
 
 /// Writes random K/V for `len` tokens into every layer through `table`, in random chunk
-/// sizes (single-token and batched writes), and returns layer `layer`'s dense copy.
+/// sizes (single-token and batched writes), and returns layer `layer`'s dense copy as stored.
 fn fill(cache: &mut KvCache, table: &[BlockId], len: usize, layer: u32, rng: &mut Rng) -> Dense {
     let dims = *cache.geometry().dims();
     let row = (dims.num_kv_heads * dims.head_dim) as usize;
@@ -114,7 +143,7 @@ fn fill(cache: &mut KvCache, table: &[BlockId], len: usize, layer: u32, rng: &mu
         let values = rng.vec(len * row, 1.0);
         write_chunks(cache, l, table, 0, &keys, &values, rng);
         if l == layer {
-            dense = Dense { keys, values };
+            dense = stored_dense(cache, keys, values);
         }
     }
     dense
@@ -229,6 +258,10 @@ fn block_size() -> impl Strategy<Value = u32> {
     prop::sample::select(vec![1u32, 4, 16])
 }
 
+fn dtype() -> impl Strategy<Value = KvDtype> {
+    prop::sample::select(DTYPES.to_vec())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -239,13 +272,14 @@ proptest! {
         heads in heads(),
         d in head_dim(),
         bs in block_size(),
+        dt in dtype(),
         layers in 1u32..=3,
         prefix in 0usize..=240,
         q_len in 1usize..=16,
         seed: u64,
     ) {
         let mut rng = Rng(seed);
-        let g = geometry(layers, heads, d, bs);
+        let g = geometry(layers, heads, d, bs, dt);
         let layer = rng.below(layers as usize) as u32;
         let len = prefix + q_len;
         // Spare blocks so the table is a shuffled subset, and an unused tail in the table.
@@ -279,11 +313,12 @@ proptest! {
         heads in heads(),
         d in head_dim(),
         bs in block_size(),
+        dt in dtype(),
         lens in prop::collection::vec(1usize..=300, 1..=4),
         seed: u64,
     ) {
         let mut rng = Rng(seed);
-        let g = geometry(2, heads, d, bs);
+        let g = geometry(2, heads, d, bs, dt);
         let layer = rng.below(2) as u32;
         let per_seq: Vec<usize> = lens.iter().map(|&l| l.div_ceil(bs as usize)).collect();
         let total: usize = per_seq.iter().sum();
@@ -331,11 +366,12 @@ proptest! {
         heads in heads(),
         d in head_dim(),
         bs in block_size(),
+        dt in dtype(),
         cuts in prop::collection::vec(1usize..=24, 1..=4),
         seed: u64,
     ) {
         let mut rng = Rng(seed);
-        let g = geometry(1, heads, d, bs);
+        let g = geometry(1, heads, d, bs, dt);
         let len: usize = cuts.iter().sum();
         let blocks = len.div_ceil(bs as usize);
         let table = shuffled_ids(blocks, &mut rng);
@@ -343,7 +379,13 @@ proptest! {
         let q_row = (heads.0 * d) as usize;
         let kv = Dense { keys: rng.vec(len * kv_row, 2.0), values: rng.vec(len * kv_row, 1.0) };
         let q = rng.vec(len * q_row, 2.0);
-        let want = dense_attention(g.dims(), &q, &kv, 0, scale_of(d));
+        let want = dense_attention(
+            g.dims(),
+            &q,
+            &Dense { keys: stored(dt, kv.keys.clone()), values: stored(dt, kv.values.clone()) },
+            0,
+            scale_of(d),
+        );
 
         for attention in backends() {
             let mut cache = KvCache::new(g, blocks).unwrap();
@@ -374,12 +416,13 @@ proptest! {
         heads in heads(),
         d in head_dim(),
         bs in block_size(),
+        dt in dtype(),
         len in 1usize..=120,
         rows in 1usize..=8,
         seed: u64,
     ) {
         let mut rng = Rng(seed);
-        let g = geometry(1, heads, d, bs);
+        let g = geometry(1, heads, d, bs, dt);
         let rows = rows.min(len);
         let blocks = len.div_ceil(bs as usize);
         let table = shuffled_ids(blocks, &mut rng);
@@ -433,34 +476,50 @@ proptest! {
     fn copy_prefix_copies_the_prefix_only(
         heads in heads(),
         bs in block_size(),
+        dt in dtype(),
         layers in 1u32..=3,
         slots_frac in 0.0f64..=1.0,
         seed: u64,
     ) {
         let mut rng = Rng(seed);
-        let g = geometry(layers, heads, 8, bs);
+        let g = geometry(layers, heads, 8, bs, dt);
         let ids = shuffled_ids(4, &mut rng);
         let (src, dst) = (ids[0], ids[1]);
         let mut cache = KvCache::new(g, 4).unwrap();
+        let block_bytes = cache.block_bytes();
+        prop_assert_eq!(block_bytes as u64, g.bytes_per_block());
         for &b in &ids {
-            let data = rng.vec(g.elements_per_block(), 1.0);
-            cache.block_slice_mut(b).unwrap().copy_from_slice(&data);
+            let data: Vec<u8> = (0..block_bytes).map(|_| rng.next() as u8).collect();
+            cache.write_block(b, &data).unwrap();
         }
-        let before: Vec<Vec<f32>> = ids.iter().map(|&b| cache.block_slice(b).unwrap().to_vec()).collect();
+        let read = |cache: &KvCache, b: BlockId| {
+            let mut bytes = vec![0u8; block_bytes];
+            cache.read_block(b, &mut bytes).unwrap();
+            bytes
+        };
+        let before: Vec<Vec<u8>> = ids.iter().map(|&b| read(&cache, b)).collect();
         let slots = (slots_frac * f64::from(bs)).round() as u32;
         cache.copy_prefix(BlockCopy { src, dst, slots }).unwrap();
 
-        prop_assert_eq!(cache.block_slice(src).unwrap(), &before[0][..]);
-        prop_assert_eq!(cache.block_slice(ids[2]).unwrap(), &before[2][..]);
-        prop_assert_eq!(cache.block_slice(ids[3]).unwrap(), &before[3][..]);
-        let after = cache.block_slice(dst).unwrap();
+        prop_assert_eq!(read(&cache, src), before[0].clone());
+        prop_assert_eq!(read(&cache, ids[2]), before[2].clone());
+        prop_assert_eq!(read(&cache, ids[3]), before[3].clone());
+        let after = read(&cache, dst);
+        let elem = (dt.bits() / 8) as usize;
         for layer in 0..layers {
             for part in [KvPart::Key, KvPart::Value] {
                 for h in 0..heads.1 {
-                    for slot in 0..bs {
-                        let at = g.element_offset(layer, part, h, slot);
-                        let expect = if slot < slots { &before[0] } else { &before[1] };
-                        prop_assert_eq!(&after[at..at + 8], &expect[at..at + 8]);
+                    let run = g.element_offset(layer, part, h, 0);
+                    for slot in 0..bs as usize {
+                        let expect = if slot < slots as usize { &before[0] } else { &before[1] };
+                        for c in 0..8 {
+                            // Keys are stored dim-major inside their run, values slot-major.
+                            let at = match part {
+                                KvPart::Key => run + c * bs as usize + slot,
+                                KvPart::Value => run + slot * 8 + c,
+                            } * elem;
+                            prop_assert_eq!(&after[at..at + elem], &expect[at..at + elem]);
+                        }
                     }
                 }
             }
@@ -473,9 +532,10 @@ proptest! {
 /// Head dims that are not multiples of 16 or 8 (the SIMD tails), and a tiny one.
 #[test]
 fn odd_head_dims_match_dense() {
-    for (case, d) in [4u32, 12, 20, 24, 36, 72].into_iter().enumerate() {
+    let cases = [4u32, 12, 20, 24, 36, 72].into_iter().enumerate();
+    for ((case, d), dtype) in cases.flat_map(|c| DTYPES.map(|dt| (c, dt))) {
         let mut rng = Rng(case as u64 + 7);
-        let g = geometry(1, (6, 2), d, 4);
+        let g = geometry(1, (6, 2), d, 4, dtype);
         let (prefix, q_len) = (37usize, 9usize);
         let len = prefix + q_len;
         let blocks = len.div_ceil(4);
@@ -490,7 +550,8 @@ fn odd_head_dims_match_dense() {
                 .prefill(&cache, 0, &table, prefix, &q, &mut out, scale_of(d))
                 .unwrap();
             let err = rel_error(&out, &want, d as usize);
-            assert!(err <= TOLERANCE, "d={d} {}: {err:e}", attention.backend());
+            let backend = attention.backend();
+            assert!(err <= TOLERANCE, "d={d} {dtype} {backend}: {err:e}");
         }
     }
 }
@@ -498,19 +559,16 @@ fn odd_head_dims_match_dense() {
 /// Very peaked and very flat softmaxes (scores spanning hundreds): no overflow, no NaN.
 #[test]
 fn extreme_scores_stay_finite_and_accurate() {
-    for (case, amp) in [0.01f32, 30.0].into_iter().enumerate() {
+    let cases = [0.01f32, 30.0].into_iter().enumerate();
+    for ((case, amp), dtype) in cases.flat_map(|c| DTYPES.map(|dt| (c, dt))) {
         let mut rng = Rng(case as u64);
-        let g = geometry(1, (4, 1), 64, 16);
+        let g = geometry(1, (4, 1), 64, 16, dtype);
         let len = 200usize;
         let table = shuffled_ids(13, &mut rng);
         let mut cache = KvCache::new(g, 13).unwrap();
-        let kv = Dense {
-            keys: rng.vec(len * 64, amp),
-            values: rng.vec(len * 64, 1.0),
-        };
-        cache
-            .write_tokens(0, &table, 0, &kv.keys, &kv.values)
-            .unwrap();
+        let (keys, values) = (rng.vec(len * 64, amp), rng.vec(len * 64, 1.0));
+        cache.write_tokens(0, &table, 0, &keys, &values).unwrap();
+        let kv = stored_dense(&cache, keys, values);
         let q = rng.vec(4 * 64, amp);
         let want = dense_attention(g.dims(), &q, &kv, len - 1, 0.125);
         for attention in backends() {
@@ -522,7 +580,7 @@ fn extreme_scores_stay_finite_and_accurate() {
             let err = rel_error(&out, &want, 64);
             assert!(
                 err <= TOLERANCE,
-                "amp={amp} {}: {err:e}",
+                "amp={amp} {dtype} {}: {err:e}",
                 attention.backend()
             );
         }
@@ -532,32 +590,68 @@ fn extreme_scores_stay_finite_and_accurate() {
 #[test]
 fn smollm2_shapes_decode_long_context() {
     // 9 query heads over 3 KV heads, head dim 64, blocks of 16, 1,000 tokens.
-    let mut rng = Rng(135);
-    let g = geometry(1, (9, 3), 64, 16);
-    let len = 1000;
-    let table = shuffled_ids(63, &mut rng);
-    let mut cache = KvCache::new(g, 63).unwrap();
-    let kv = fill(&mut cache, &table, len, 0, &mut rng);
-    let q = rng.vec(9 * 64, 1.0);
-    let want = dense_attention(g.dims(), &q, &kv, len - 1, 0.125);
-    for attention in backends() {
-        let mut out = vec![0.0; q.len()];
-        attention
-            .decode(&cache, 0, &[(&table, len)], &q, &mut out, 0.125)
-            .unwrap();
-        let err = rel_error(&out, &want, 64);
-        assert!(err <= TOLERANCE, "{}: {err:e}", attention.backend());
+    for dtype in DTYPES {
+        let mut rng = Rng(135);
+        let g = geometry(1, (9, 3), 64, 16, dtype);
+        let len = 1000;
+        let table = shuffled_ids(63, &mut rng);
+        let mut cache = KvCache::new(g, 63).unwrap();
+        let kv = fill(&mut cache, &table, len, 0, &mut rng);
+        let q = rng.vec(9 * 64, 1.0);
+        let want = dense_attention(g.dims(), &q, &kv, len - 1, 0.125);
+        for attention in backends() {
+            let mut out = vec![0.0; q.len()];
+            attention
+                .decode(&cache, 0, &[(&table, len)], &q, &mut out, 0.125)
+                .unwrap();
+            let err = rel_error(&out, &want, 64);
+            assert!(err <= TOLERANCE, "{dtype} {}: {err:e}", attention.backend());
+        }
+    }
+}
+
+/// An f16 cache stores each value within half an f16 ulp (relative 2^-11 for normal values),
+/// saturates beyond +-65,504 instead of overflowing to infinity, and keeps NaN a NaN.
+#[test]
+fn f16_rounding_is_bounded_and_saturates() {
+    let mut rng = Rng(16);
+    let g = geometry(1, (2, 1), 8, 1, KvDtype::F16);
+    let table = shuffled_ids(4, &mut rng);
+    let mut cache = KvCache::new(g, 4).unwrap();
+    let mut keys = rng.vec(4 * 8, 1000.0);
+    keys[..8].copy_from_slice(&[1e6, -1e6, 65_504.0, 65_520.0, 1e-3, -0.0, f32::NAN, 3.0e-5]);
+    cache.write_tokens(0, &table, 0, &keys, &keys).unwrap();
+    for (pos, block) in table.iter().enumerate() {
+        let mut bytes = vec![0u8; cache.block_bytes()];
+        cache.read_block(*block, &mut bytes).unwrap();
+        for c in 0..8 {
+            let at = g.element_offset(0, KvPart::Key, 0, 0) + c;
+            let got = f16_to_f32(u16::from_le_bytes([bytes[2 * at], bytes[2 * at + 1]]));
+            let x = keys[pos * 8 + c];
+            if x.is_nan() {
+                assert!(got.is_nan());
+            } else if x.abs() >= 65_504.0 {
+                assert_eq!(got, 65_504f32.copysign(x), "{x} saturates");
+            } else if x.abs() >= 6.1e-5 {
+                assert!((got - x).abs() <= x.abs() * 2f32.powi(-11), "{x} -> {got}");
+            } else {
+                // Subnormal halves: absolute error within half of their spacing 2^-24.
+                assert!((got - x).abs() <= 2f32.powi(-25), "{x} -> {got}");
+            }
+        }
     }
 }
 
 #[test]
 fn cache_refuses_other_dtypes_and_reports_size() {
-    let g = geometry(2, (4, 2), 8, 4);
+    let g = geometry(2, (4, 2), 8, 4, KvDtype::F32);
     for dtype in KvDtype::ALL {
         let result = KvCache::new(g.with_dtype(dtype), 3);
-        if dtype == KvDtype::F32 {
+        if DTYPES.contains(&dtype) {
             let cache = result.unwrap();
-            assert_eq!(cache.bytes(), 3 * g.bytes_per_block() as usize);
+            let block = g.with_dtype(dtype).bytes_per_block() as usize;
+            assert_eq!(cache.bytes(), 3 * block);
+            assert_eq!(cache.block_bytes(), block);
             assert_eq!(cache.num_blocks(), 3);
         } else {
             assert_eq!(
@@ -575,7 +669,7 @@ fn cache_refuses_other_dtypes_and_reports_size() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let mut rng = Rng(1);
-    let g = geometry(2, (4, 2), 8, 4);
+    let g = geometry(2, (4, 2), 8, 4, KvDtype::F16);
     // 6 ids from the pool but a 4-block cache: ids[4], ids[5] may be out of range.
     let ids = {
         let mut pool = BlockPool::builder()
@@ -630,8 +724,23 @@ fn bad_inputs_are_errors_not_panics() {
         cache.write_token(0, &[bad[0]], 0, &row, &row),
         Err(KvCacheError::BlockOutOfRange { num_blocks: 4, .. })
     ));
-    assert!(cache.block_slice(bad[1]).is_err());
-    assert!(cache.block_slice_mut(bad[1]).is_err());
+    let mut bytes = vec![0u8; cache.block_bytes()];
+    assert!(matches!(
+        cache.read_block(bad[1], &mut bytes),
+        Err(KvCacheError::BlockOutOfRange { .. })
+    ));
+    assert!(matches!(
+        cache.write_block(bad[1], &bytes),
+        Err(KvCacheError::BlockOutOfRange { .. })
+    ));
+    assert!(matches!(
+        cache.read_block(good[0], &mut bytes[1..]),
+        Err(KvCacheError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        cache.write_block(good[0], &bytes[1..]),
+        Err(KvCacheError::ShapeMismatch { .. })
+    ));
 
     // copy_prefix.
     assert!(matches!(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use kvmesh_core::KvDtype;
 use kvmesh_engine::{
     Engine, EngineConfig, GgufFile, LlamaModel, SamplingParams, Tokenizer, DEFAULT_MODEL,
 };
@@ -51,6 +52,9 @@ pub struct EngineBenchArgs {
     /// Compute threads [default: all cores]
     #[arg(long)]
     threads: Option<usize>,
+    /// Element type of the KV cache (f16 or f32)
+    #[arg(long, default_value = "f16", value_name = "DTYPE")]
+    kv_cache_dtype: KvDtype,
     /// Tokens generated per sequence in each decode measurement window
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
@@ -65,6 +69,7 @@ pub struct EngineBenchArgs {
 #[derive(Debug, Serialize)]
 struct Report {
     threads: usize,
+    kv_cache_dtype: String,
     /// Measurements per number (the best is reported).
     repeat: u32,
     weights_mib: f64,
@@ -116,6 +121,7 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
             Arc::clone(&model),
             EngineConfig {
                 num_blocks: 1024,
+                kv_cache_dtype: args.kv_cache_dtype,
                 enable_prefix_caching: prefix_caching,
                 max_num_batched_tokens: 2048,
                 ..EngineConfig::default()
@@ -195,6 +201,7 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
 
     let report = Report {
         threads,
+        kv_cache_dtype: args.kv_cache_dtype.to_string(),
         repeat: args.repeat,
         weights_mib: model.weight_bytes() as f64 / (1 << 20) as f64,
         prefill,
@@ -208,8 +215,8 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
         return Ok(serde_json::to_string_pretty(&report)? + "\n");
     }
     let mut out = format!(
-        "kvmesh engine on {} ({} threads, weights {:.0} MiB, best of {})\n\n",
-        spec.name, report.threads, report.weights_mib, report.repeat
+        "kvmesh engine on {} ({} threads, weights {:.0} MiB, {} KV cache, best of {})\n\n",
+        spec.name, report.threads, report.weights_mib, report.kv_cache_dtype, report.repeat
     );
     for p in &report.prefill {
         out += &format!(

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use kvmesh_core::KvDtype;
 use kvmesh_engine::{
     kv_blocks_for_fraction, ChatMessage, ChatTemplate, Engine, EngineConfig, GgufFile, LlamaModel,
     MemoryLimit, SamplingParams, Tokenizer, DEFAULT_MODEL,
@@ -79,6 +80,9 @@ pub struct GenerateArgs {
     /// Disable prefix caching (every prompt is recomputed)
     #[arg(long)]
     no_enable_prefix_caching: bool,
+    /// Element type of the KV cache: f16 (half the memory and bandwidth) or f32
+    #[arg(long, default_value = "f16", value_name = "DTYPE")]
+    kv_cache_dtype: KvDtype,
     /// KV cache memory budget in GiB [default: 0.5 when no other budget is given]
     #[arg(long, group = "kv_budget")]
     kv_cache_gib: Option<f64>,
@@ -113,13 +117,14 @@ pub fn run(args: &GenerateArgs) -> Result<String> {
     drop(file);
     let block_bytes = model
         .config()
-        .kv_geometry(args.block_size)
+        .kv_geometry(args.block_size, args.kv_cache_dtype)
         .bytes_per_block();
     let weight_bytes = model.weight_bytes();
     let (num_blocks, budget) = kv_budget(args, weight_bytes as u64, block_bytes)?;
     let cfg = EngineConfig {
         block_size: args.block_size,
         num_blocks,
+        kv_cache_dtype: args.kv_cache_dtype,
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
         enable_prefix_caching: !args.no_enable_prefix_caching,

@@ -2,13 +2,15 @@
 //!
 //! `scalar.rs` and `x86.rs` supply the four inner loops (`qk`, `exp_sum`, `scale`, `pv`);
 //! everything about blocks, masks and the running softmax lives here, so both backends walk
-//! the cache in the same order and differ only in arithmetic rounding.
+//! the cache in the same order and differ only in arithmetic rounding. The driver is generic
+//! over the stored element `E` (f32 or f16): only `qk` and `pv` read keys and values, and they
+//! widen each element to f32 as they load it.
 
 use std::ops::Range;
 
-use kvmesh_core::BlockId;
+use kvmesh_core::{BlockId, KvGeometry, KvPart};
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::KvElement;
 
 /// Keys per tile at most (a block larger than this is walked in several tiles). Bounds the
 /// score scratch to `QUERY_TILE x KEY_TILE` floats.
@@ -18,27 +20,46 @@ pub(super) const KEY_TILE: usize = 32;
 /// least one row). Each key/value row loaded is used by this many queries.
 pub(super) const QUERY_TILE: usize = 32;
 
-/// The vector operations a backend provides. Slices are row-major; `d` is the head dim.
-pub(super) trait VecOps: Copy {
-    /// `s[i * n + j] = dot(q_i, k_j)` for the `r = q.len() / d` queries and
-    /// `n = k.len() / d` keys.
-    fn qk(self, q: &[f32], k: &[f32], d: usize, s: &mut [f32]);
+/// The keys of one tile: slots `first..first + n` of one block's key run for one
+/// `(layer, kv_head)`. Key runs are stored dim-major (`KvCache`'s layout): element `c` of key
+/// `j` is `run[c * stride + first + j]`, `stride` being the block size. So eight consecutive
+/// keys' element `c` is one vector load, and a dot product of one query with eight keys is
+/// eight lanes of FMAs with no horizontal sum.
+#[derive(Clone, Copy)]
+pub(super) struct Keys<'a, E> {
+    pub run: &'a [E],
+    pub stride: usize,
+    pub first: usize,
+    pub n: usize,
+}
+
+/// The vector operations a backend provides for keys and values stored as `E`. Slices are
+/// row-major; `d` is the head dim.
+pub(super) trait VecOps<E: KvElement>: Copy {
+    /// `s[i * n + j] = dot(q_i, key_j)` for the `r = q.len() / d` queries and the
+    /// `n = keys.n` keys.
+    fn qk(self, q: &[f32], keys: Keys<'_, E>, d: usize, s: &mut [f32]);
     /// `s[j] = exp(s[j] - max)`, returning the sum of the new values.
     fn exp_sum(self, s: &mut [f32], max: f32) -> f32;
     /// `x *= c`.
     fn scale(self, x: &mut [f32], c: f32);
     /// `acc_i += sum_j p[i * n + j] * v_j` for the `r = acc.len() / d` accumulators and
     /// `n = v.len() / d` values.
-    fn pv(self, p: &[f32], v: &[f32], d: usize, acc: &mut [f32]);
+    fn pv(self, p: &[f32], v: &[E], d: usize, acc: &mut [f32]);
     /// Hints that `x` will be read soon (a no-op where there is no such hint).
-    fn prefetch(self, x: &[f32]) {
+    fn prefetch(self, x: &[E]) {
         let _ = x;
     }
 }
 
-/// One call's fixed inputs: which sequence, which layer, which KV heads, from which position.
-pub(super) struct Job<'a> {
-    pub cache: &'a KvCache,
+/// One call's fixed inputs: the cache's elements, which sequence, which layer, which KV heads,
+/// from which position.
+pub(super) struct Job<'a, E> {
+    /// Every block's elements back to back (`KvCache::data`).
+    pub data: &'a [E],
+    pub geometry: &'a KvGeometry,
+    /// `geometry.elements_per_block()`.
+    pub block_elems: usize,
     pub layer: u32,
     pub table: &'a [BlockId],
     /// Position of the first query row; row `i` attends to positions `0..=start + i`.
@@ -47,10 +68,25 @@ pub(super) struct Job<'a> {
     pub scale: f32,
 }
 
+impl<E> Job<'_, E> {
+    /// The keys and the values (each `block_size x head_dim` elements) of one KV head of the
+    /// job's layer in one block. The caller validated the block, layer and head.
+    #[inline(always)]
+    fn head_rows(&self, block: BlockId, kv_head: u32) -> (&[E], &[E]) {
+        let g = self.geometry;
+        let base = block.index() * self.block_elems;
+        let len = g.block_size() as usize * g.dims().head_dim as usize;
+        let k = base + g.element_offset(self.layer, KvPart::Key, kv_head, 0);
+        let v = base + g.element_offset(self.layer, KvPart::Value, kv_head, 0);
+        (&self.data[k..k + len], &self.data[v..v + len])
+    }
+}
+
 /// Working memory of one call: `O(QUERY_TILE x (head_dim + KEY_TILE))` floats, independent
 /// of the context length.
 pub(super) struct Scratch {
-    rows_per_tile: usize,
+    /// Query vectors a tile holds: `QUERY_TILE`, or one GQA group when a group is larger.
+    capacity: usize,
     q: Vec<f32>,
     acc: Vec<f32>,
     s: Vec<f32>,
@@ -60,35 +96,45 @@ pub(super) struct Scratch {
 
 impl Scratch {
     pub(super) fn new(group: usize, head_dim: usize) -> Self {
-        let rows_per_tile = (QUERY_TILE / group).max(1);
-        let r = rows_per_tile * group;
+        let capacity = QUERY_TILE.max(group);
         Scratch {
-            rows_per_tile,
-            q: vec![0.0; r * head_dim],
-            acc: vec![0.0; r * head_dim],
-            s: vec![0.0; r * KEY_TILE],
-            m: vec![0.0; r],
-            l: vec![0.0; r],
+            capacity,
+            q: vec![0.0; capacity * head_dim],
+            acc: vec![0.0; capacity * head_dim],
+            s: vec![0.0; capacity * KEY_TILE],
+            m: vec![0.0; capacity],
+            l: vec![0.0; capacity],
         }
     }
 }
 
 /// Attention of `job`'s query rows. `q` and `out` are `[rows][heads][d]` with `heads` the
 /// query heads of `job.kv_heads`; the caller has validated shapes, layer, heads and table.
+///
+/// Two walk orders, bitwise the same per output (each query sees the same key tiles in the
+/// same order either way):
+/// - **few rows** (decode): when every head's queries fit one tile, each block is visited
+///   once for all KV heads. A block's keys and values of one layer are one contiguous region
+///   (`[K|V][kv_head]` runs: 12 KiB for SmolLM2 in f16), so memory sees one stream per block
+///   instead of one 2 KiB run per head; on the project's VM, random 2 KiB reads stream at
+///   ~4 GB/s and 12 KiB ones at ~6.5;
+/// - **many rows** (prefill): one KV head at a time, with as many rows per tile as fit, so
+///   each key and value row loaded serves up to `QUERY_TILE` queries.
 #[inline(always)]
-pub(super) fn attend<O: VecOps>(
+pub(super) fn attend<E: KvElement, O: VecOps<E>>(
     ops: O,
-    job: &Job<'_>,
+    job: &Job<'_, E>,
     q: &[f32],
     out: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    let geometry = job.cache.geometry();
+    let geometry = job.geometry;
     let dims = geometry.dims();
     let d = dims.head_dim as usize;
     let bs = geometry.block_size() as usize;
     let group = (dims.num_query_heads / dims.num_kv_heads) as usize;
-    let row_len = job.kv_heads.len() * group * d;
+    let heads = job.kv_heads.len();
+    let row_len = heads * group * d;
     if row_len == 0 {
         return;
     }
@@ -97,11 +143,20 @@ pub(super) fn attend<O: VecOps>(
     debug_assert_eq!(out.len(), q.len());
     debug_assert!(job.start + rows <= job.table.len() * bs);
 
-    for (h_local, kv_head) in job.kv_heads.clone().enumerate() {
-        let head_off = h_local * group * d;
-        for r0 in (0..rows).step_by(scratch.rows_per_tile) {
-            let r1 = rows.min(r0 + scratch.rows_per_tile);
+    let cap = scratch.capacity;
+    let (heads_per_pass, rows_per_tile) = if rows * group * heads <= cap {
+        (heads, rows.max(1))
+    } else {
+        (1, (cap / group).max(1))
+    };
+    for pass in (0..heads).step_by(heads_per_pass) {
+        let pass_heads = pass..pass + heads_per_pass;
+        for r0 in (0..rows).step_by(rows_per_tile) {
+            let r1 = rows.min(r0 + rows_per_tile);
+            // Queries per head in this tile; head `hh` of the pass owns queries
+            // `hh * nr..(hh + 1) * nr` of every scratch array.
             let nr = (r1 - r0) * group;
+            let total = nr * heads_per_pass;
             let Scratch {
                 q: qbuf,
                 acc,
@@ -110,15 +165,17 @@ pub(super) fn attend<O: VecOps>(
                 l,
                 ..
             } = scratch;
-            let (qbuf, acc) = (&mut qbuf[..nr * d], &mut acc[..nr * d]);
-            let (m, l) = (&mut m[..nr], &mut l[..nr]);
+            let (qbuf, acc) = (&mut qbuf[..total * d], &mut acc[..total * d]);
+            let (m, l) = (&mut m[..total], &mut l[..total]);
 
-            // Gather the tile's queries (rows x this head's group), pre-scaled.
-            for row in r0..r1 {
-                let src = &q[row * row_len + head_off..][..group * d];
-                let dst = &mut qbuf[(row - r0) * group * d..][..group * d];
-                for (o, &x) in dst.iter_mut().zip(src) {
-                    *o = x * job.scale;
+            // Gather the tile's queries (heads x rows x group), pre-scaled.
+            for (hh, h) in pass_heads.clone().enumerate() {
+                for row in r0..r1 {
+                    let src = &q[row * row_len + h * group * d..][..group * d];
+                    let dst = &mut qbuf[(hh * nr + (row - r0) * group) * d..][..group * d];
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = x * job.scale;
+                    }
                 }
             }
             m.fill(f32::NEG_INFINITY);
@@ -131,50 +188,67 @@ pub(super) fn attend<O: VecOps>(
             while pos < end {
                 let slot = pos % bs;
                 let n = KEY_TILE.min(bs - slot).min(end - pos);
-                let (keys, values) = job.cache.head_rows(job.table[pos / bs], job.layer, kv_head);
+                let block = job.table[pos / bs];
                 if slot == 0 && pos + bs < end {
                     // Blocks sit anywhere in the cache, so the hardware prefetcher cannot
                     // guess the next one; batched decode reads far more KV than fits in cache.
-                    let next = job
-                        .cache
-                        .head_rows(job.table[pos / bs + 1], job.layer, kv_head);
-                    ops.prefetch(next.0);
-                    ops.prefetch(next.1);
-                }
-                let k = &keys[slot * d..(slot + n) * d];
-                let v = &values[slot * d..(slot + n) * d];
-                let s = &mut s[..nr * n];
-                ops.qk(qbuf, k, d, s);
-                for (i, si) in s.chunks_exact_mut(n).enumerate() {
-                    let qpos = job.start + r0 + i / group;
-                    // Keys pos..pos + valid are at or before the query: a prefix of the tile.
-                    let valid = (qpos + 1).saturating_sub(pos).min(n);
-                    let (live, masked) = si.split_at_mut(valid);
-                    masked.fill(0.0);
-                    if live.is_empty() {
-                        continue;
+                    let next = job.table[pos / bs + 1];
+                    for h in pass_heads.clone() {
+                        let (k, v) = job.head_rows(next, job.kv_heads.start + h as u32);
+                        ops.prefetch(k);
+                        ops.prefetch(v);
                     }
-                    let tile_max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let m_old = m[i];
-                    let m_new = m_old.max(tile_max);
-                    if m_new > m_old && m_old != f32::NEG_INFINITY {
-                        let correction = (m_old - m_new).exp();
-                        l[i] *= correction;
-                        ops.scale(&mut acc[i * d..(i + 1) * d], correction);
-                    }
-                    l[i] += ops.exp_sum(live, m_new);
-                    m[i] = m_new;
                 }
-                ops.pv(s, v, d, acc);
+                for (hh, h) in pass_heads.clone().enumerate() {
+                    let (keys, values) = job.head_rows(block, job.kv_heads.start + h as u32);
+                    let k = Keys {
+                        run: keys,
+                        stride: bs,
+                        first: slot,
+                        n,
+                    };
+                    let v = &values[slot * d..(slot + n) * d];
+                    let own = hh * nr..(hh + 1) * nr;
+                    let s = &mut s[..nr * n];
+                    let acc = &mut acc[own.start * d..own.end * d];
+                    let (m, l) = (&mut m[own.clone()], &mut l[own]);
+                    ops.qk(&qbuf[hh * nr * d..(hh + 1) * nr * d], k, d, s);
+                    for (i, si) in s.chunks_exact_mut(n).enumerate() {
+                        let qpos = job.start + r0 + i / group;
+                        // Keys pos..pos + valid are at or before the query: a prefix of the
+                        // tile.
+                        let valid = (qpos + 1).saturating_sub(pos).min(n);
+                        let (live, masked) = si.split_at_mut(valid);
+                        masked.fill(0.0);
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let tile_max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let m_old = m[i];
+                        let m_new = m_old.max(tile_max);
+                        if m_new > m_old && m_old != f32::NEG_INFINITY {
+                            let correction = (m_old - m_new).exp();
+                            l[i] *= correction;
+                            ops.scale(&mut acc[i * d..(i + 1) * d], correction);
+                        }
+                        l[i] += ops.exp_sum(live, m_new);
+                        m[i] = m_new;
+                    }
+                    ops.pv(s, v, d, acc);
+                }
                 pos += n;
             }
 
-            for i in 0..nr {
-                let row = r0 + i / group;
-                let at = row * row_len + head_off + (i % group) * d;
-                let inv = 1.0 / l[i];
-                for (o, &a) in out[at..at + d].iter_mut().zip(&acc[i * d..(i + 1) * d]) {
-                    *o = a * inv;
+            for (hh, h) in pass_heads.clone().enumerate() {
+                for i in 0..nr {
+                    let row = r0 + i / group;
+                    let at = row * row_len + (h * group + i % group) * d;
+                    let q_at = hh * nr + i;
+                    let inv = 1.0 / l[q_at];
+                    let acc = &acc[q_at * d..(q_at + 1) * d];
+                    for (o, &a) in out[at..at + d].iter_mut().zip(acc) {
+                        *o = a * inv;
+                    }
                 }
             }
         }

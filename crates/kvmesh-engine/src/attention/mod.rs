@@ -37,13 +37,22 @@
 //!
 //! # Design
 //!
-//! **Layout.** The cache layout is the core geometry's `[layer][K|V][kv_head][slot]
-//! [head_dim]` (one contiguous region per block, see `kvmesh_core::KvGeometry`). For one
-//! `(layer, kv_head)` the keys of a block's slots are one `block_size x head_dim` run, and so
-//! are the values, so the kernel streams rows with unit stride and a table lookup only at
-//! block boundaries. The rejected token-major alternative (`[slot][kv_head][head_dim]` per
-//! layer) would make token writes one copy instead of `2 x kv_heads` but strides reads by
-//! `kv_heads x head_dim`; reads happen at every step for every cached token, writes once.
+//! **Layout.** The cache layout is the core geometry's `[layer][K|V][kv_head]` runs of
+//! `block_size x head_dim` elements (one contiguous region per block, see
+//! `kvmesh_core::KvGeometry`), in f16 by default or f32 (`KvCache`). Inside a run, values
+//! are slot-major (`[slot][head_dim]`: one value row per token, which `p.V` accumulates
+//! row by row) and keys are **dim-major** (`[head_dim][slot]`): element `c` of eight
+//! consecutive keys is one vector load, so `q.k` for a query and eight keys is eight lanes of
+//! FMAs with no horizontal sum (the slot-major key layout cost a 7-instruction horizontal sum
+//! per query and key; in-cache decode attention got ~1.6x faster without it). Token writes
+//! scatter `head_dim` key elements `block_size` apart; they happen once per token and layer,
+//! reads once per token, layer *and later step*.
+//!
+//! **Walk order.** A decode call (every head's queries fit one tile) visits each block once
+//! for all its KV heads, so the block's `[K|V][kv_head]` region for the layer (12 KiB for
+//! SmolLM2 in f16) is read as one stream; prefill tiles take one KV head at a time with as
+//! many query rows as fit. The next block of the sequence is prefetched: blocks sit anywhere
+//! in the cache, so the hardware cannot guess it.
 //!
 //! **Online softmax.** Keys are visited in tiles of at most `KEY_TILE` keys that never
 //! cross a block (32 keys; a block of 16 is one tile). Per query the kernel keeps the running
@@ -65,41 +74,29 @@
 //! them once for all heads, MHA is the `group = 1` case.
 //!
 //! **SIMD where.** The four inner loops (`q.k` dot products, `exp`, rescale, `p.V`
-//! accumulation) sit behind a small vector trait; the driver (blocks, masks, softmax state)
-//! is written once over it. The portable backend (`scalar.rs`) is the reference and the
-//! fallback; an AVX2+FMA backend (`x86.rs`, the only `unsafe` here) is chosen at run time
-//! with `is_x86_feature_detected!`, so one binary runs everywhere. The SIMD backend blocks
-//! four query vectors against each loaded key/value slice and uses a polynomial `exp`
+//! accumulation) sit behind a small vector trait, generic over the stored element (f32, or
+//! f16 bits widened on load); the driver (blocks, masks, softmax state) is written once over
+//! it. The portable backend (`scalar.rs`) is the reference and the fallback; an
+//! AVX2+FMA+F16C backend (`x86.rs`, the only `unsafe` here) is chosen at run time with
+//! `is_x86_feature_detected!`, so one binary runs everywhere. The SIMD backend blocks three
+//! query vectors (a SmolLM2 GQA group) against 16 keys per dim in `q.k`, and three
+//! accumulator rows against each value row in `p.V`, each with two interleaved FMA chains
+//! (even/odd dims, even/odd keys) to hide the FMA latency; it uses a polynomial `exp`
 //! (relative error ~2e-7): with libm `expf` per score the whole kernel measured 1.3-1.8x
-//! slower (2026-11-27, noisy shared host). Other architectures use the portable backend, which the compiler vectorises
-//! with the baseline ISA.
+//! slower (2026-11-27, noisy shared host). Other architectures use the portable backend,
+//! which the compiler vectorises with the baseline ISA.
 //!
-//! **Numbers.** Paged results match a dense `softmax(QK^T * scale) V` to 1e-4 relative
-//! (`tests/paged_attention.rs`, both backends, GQA/MQA/MHA, head dims 32/64/128 and odd
-//! ones, block sizes 1/4/16). Speed, from `cargo bench -p kvmesh-engine --bench attention`
-//! on 2026-11-27 (commit 7124c91 plus this uncommitted module; AMD EPYC VM, 2 cores shared
-//! with other builds, load ~4): SmolLM2-135M shapes, one layer, block size 16, shuffled
-//! block tables; best time per call of 5 interleaved rounds (criterion's medians on this
-//! host were 1.5-3x higher and swung by +-40% between runs):
-//!
-//! | case | portable | AVX2+FMA | ratio |
-//! |---|---|---|---|
-//! | decode, batch 1, context 512 | 109 us | 36 us | 3.0x |
-//! | decode, batch 8, context 512 | 924 us | 306 us | 3.0x |
-//! | decode, batch 16, context 512 | 2.97 ms | 2.03 ms | 1.5x |
-//! | decode, batch 1, context 2048 | 436 us | 151 us | 2.9x |
-//! | decode, batch 8, context 2048 | 12.4 ms | 5.55 ms | 2.2x |
-//! | decode, batch 16, context 2048 | 13.4 ms | 12.3 ms | 1.1x |
-//! | prefill, chunk 512 over 0 | 29.2 ms | 8.75 ms | 3.3x |
-//! | prefill, chunk 512 over 1536 | 194 ms | 57.6 ms | 3.4x |
-//!
-//! Decode reads `2 x 3 heads x 64 x 4 B = 1.5 KiB` of KV per token per layer: once the
-//! batch's KV (12 MiB at 16 x 512, 48 MiB at 16 x 2048) outgrows the last-level cache, both
-//! backends stream from DRAM at 4-5 GB/s, against 5.2 GB/s for a plain one-core streaming
-//! sum over 48 MiB on the same host; sorted and shuffled block tables measured the same
-//! there. So past the cache, decode attention is bandwidth-bound and the lever is fewer
-//! bytes (int8/fp8 KV) and more cores, not more arithmetic. Prefill is compute-bound
-//! (~35 GFLOP/s for the AVX2 backend).
+//! **Numbers.** Paged results match a dense `softmax(QK^T * scale) V` over the stored
+//! (f16-rounded or f32) keys and values to 1e-4 relative (`tests/paged_attention.rs`, both
+//! backends, both dtypes, GQA/MQA/MHA, head dims 32/64/128 and odd ones, block sizes 1/4/16).
+//! Speed: `cargo bench -p kvmesh-engine --bench attention` (one layer, so the KV stays in the
+//! last-level cache: it measures the arithmetic); numbers and the 30-layer (DRAM) picture in
+//! `docs/bench/engine.md`. In short, on the project's 2-core VM: batch-16 decode at context
+//! 512 over 30 layers reads 188 MB of f16 KV per step, as 12 KiB pieces scattered over the
+//! cache; random 12 KiB reads stream at only ~6.5 GB/s per core there (11 GB/s sequential),
+//! so decode attention past the cache is bound by memory, and the levers are fewer bytes (f16
+//! instead of f32: 1.2-1.35x on batch-16 decode; int8 would halve again), huge pages
+//! (`crate::huge_pages`) and contiguous reads, not more arithmetic. Prefill is compute-bound.
 
 mod kernel;
 mod scalar;
@@ -110,7 +107,9 @@ use std::ops::Range;
 
 use kvmesh_core::BlockId;
 
-use crate::kv_cache::{KvCache, KvCacheError};
+#[cfg(not(target_arch = "x86_64"))]
+use crate::kv_cache::KvElement;
+use crate::kv_cache::{KvCache, KvCacheError, KvData, F16};
 use kernel::{Job, Scratch};
 
 /// Which implementation of the attention inner loops runs.
@@ -296,7 +295,7 @@ impl PagedAttention {
             .zip(q.chunks_exact(row_len))
             .zip(out.chunks_exact_mut(row_len))
         {
-            let job = Job {
+            let call = Call {
                 cache,
                 layer,
                 table,
@@ -304,7 +303,7 @@ impl PagedAttention {
                 kv_heads: 0..dims.num_kv_heads,
                 scale,
             };
-            self.run(&job, q, out, &mut scratch);
+            self.run(&call, q, out, &mut scratch);
         }
         Ok(())
     }
@@ -355,7 +354,7 @@ impl PagedAttention {
                     capacity: block_table.len().saturating_mul(cache.block_size()),
                 })?;
         cache.check_table(block_table, 0, end)?;
-        let job = Job {
+        let call = Call {
             cache,
             layer,
             table: block_table,
@@ -364,18 +363,60 @@ impl PagedAttention {
             scale,
         };
         let mut scratch = Scratch::new(g, dims.head_dim as usize);
-        self.run(&job, q, out, &mut scratch);
+        self.run(&call, q, out, &mut scratch);
         Ok(())
     }
 
-    fn run(&self, job: &Job<'_>, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    /// Runs a validated call on the cache's element type with this backend.
+    fn run(&self, call: &Call<'_>, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+        match call.cache.data() {
+            KvData::F32(data) => self.run_on(&call.job(data), q, out, scratch),
+            KvData::F16(data) => self.run_on(&call.job(data), q, out, scratch),
+        }
+    }
+
+    fn run_on<E: Element>(&self, job: &Job<'_, E>, q: &[f32], out: &mut [f32], s: &mut Scratch) {
         match self.imp {
-            Imp::Scalar(ops) => kernel::attend(ops, job, q, out, scratch),
+            Imp::Scalar(ops) => kernel::attend(ops, job, q, out, s),
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2Fma(ops) => ops.attend(job, q, out, scratch),
+            Imp::Avx2Fma(ops) => ops.attend(job, q, out, s),
         }
     }
 }
+
+/// A validated call, before the dispatch on the cache's element type.
+struct Call<'a> {
+    cache: &'a KvCache,
+    layer: u32,
+    table: &'a [BlockId],
+    start: usize,
+    kv_heads: Range<u32>,
+    scale: f32,
+}
+
+impl<'a> Call<'a> {
+    fn job<E>(&self, data: &'a [E]) -> Job<'a, E> {
+        Job {
+            data,
+            geometry: self.cache.geometry(),
+            block_elems: self.cache.geometry().elements_per_block(),
+            layer: self.layer,
+            table: self.table,
+            start: self.start,
+            kv_heads: self.kv_heads.clone(),
+            scale: self.scale,
+        }
+    }
+}
+
+/// A stored element type every backend of this build can read.
+#[cfg(target_arch = "x86_64")]
+trait Element: x86::Load8 {}
+/// A stored element type every backend of this build can read.
+#[cfg(not(target_arch = "x86_64"))]
+trait Element: KvElement {}
+impl Element for f32 {}
+impl Element for F16 {}
 
 /// [`PagedAttention::prefill`] with the fastest backend this CPU supports.
 pub fn paged_attention_prefill(

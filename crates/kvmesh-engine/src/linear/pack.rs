@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::{Line, PackedLinear, WeightFormat, PANEL, QBLOCK};
+use crate::huge_pages::huge_vec;
 use crate::quant::{dequantize, f32_to_f16, GgmlType};
 
 /// Why a tensor could not be packed.
@@ -100,7 +101,7 @@ impl PackedLinear {
             rows,
             cols,
             format,
-            lines: vec![Line([0; 64]); panels * blocks * bb / 64],
+            lines: huge_vec(panels * blocks * bb / 64, Line([0; 64])),
         };
         let row_bytes = bytes.len() / rows.max(1);
         let lines_per_panel = blocks * bb / 64;
