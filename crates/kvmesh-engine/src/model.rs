@@ -172,6 +172,12 @@ pub struct LlamaModel {
     /// RoPE inverse frequencies `theta^(-2i / head_dim)`, one per rotated pair.
     inv_freq: Vec<f32>,
     threads: usize,
+    /// The compute threads: `threads` rayon workers that loading and every step run inside,
+    /// so a step's ~150 parallel regions (linear layers, attention) start on a worker that
+    /// takes part, not on a caller that sleeps until the workers finish (measured ~5-15%
+    /// faster per linear layer at 16 tokens, 2 threads). `None` with one thread, or if the OS
+    /// refused the threads (rayon's global pool then serves).
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -184,8 +190,27 @@ impl std::fmt::Debug for LlamaModel {
 
 impl LlamaModel {
     /// Loads weights from a parsed GGUF file, keeping quantised tensors as they are (see
-    /// [`PackedLinear`]).
+    /// [`PackedLinear`]), and starts `threads` compute threads (at least one: the caller).
     pub fn load(file: &GgufFile, threads: usize) -> Result<Self, GgufError> {
+        let threads = threads.max(1);
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("kvmesh-compute-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        let mut model = match &pool {
+            Some(pool) => pool.install(|| Self::load_weights(file, threads)),
+            None => Self::load_weights(file, threads),
+        }?;
+        model.pool = pool;
+        Ok(model)
+    }
+
+    fn load_weights(file: &GgufFile, threads: usize) -> Result<Self, GgufError> {
         let cfg = LlamaConfig::from_gguf(file)?;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         // Tensors `names` (each `rows` x `cols`) stacked into one matrix.
@@ -284,7 +309,8 @@ impl LlamaModel {
             inv_freq: (0..cfg.head_dim / 2)
                 .map(|i| cfg.rope_theta.powf(-2.0 * i as f32 / cfg.head_dim as f32))
                 .collect(),
-            threads: threads.max(1),
+            threads,
+            pool: None,
             cfg,
         })
     }
@@ -319,6 +345,19 @@ impl LlamaModel {
     /// # Panics
     /// If a token id is outside the vocabulary; the engine validates prompts on entry.
     pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        chunks: &[Chunk<'_>],
+    ) -> Result<Vec<Vec<f32>>, KvCacheError> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.forward_here(cache, chunks)),
+            None => self.forward_here(cache, chunks),
+        }
+    }
+
+    /// [`forward`](Self::forward) on the current thread (a worker of `pool` when there is
+    /// one).
+    fn forward_here(
         &self,
         cache: &mut KvCache,
         chunks: &[Chunk<'_>],
