@@ -1,5 +1,6 @@
 //! Paged attention micro-benchmarks with SmolLM2-135M shapes (9 query heads, 3 KV heads,
-//! head dim 64, blocks of 16 tokens, one layer), portable vs AVX2+FMA backend, f16 and f32 KV.
+//! head dim 64, blocks of 16 tokens, one layer), portable vs AVX2+FMA backend, f16, int8 and
+//! f32 KV.
 //!
 //! - `decode/<backend>/<dtype>_b<batch>_ctx<context>`: one decode step for `batch` sequences
 //!   of `context` tokens each (batch 1, 8, 16; context 512, 2048); throughput in KV tokens
@@ -97,7 +98,7 @@ struct Case {
 fn cases() -> Vec<Case> {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let mut cases = vec![];
-    for dtype in [KvDtype::F16, KvDtype::F32] {
+    for dtype in [KvDtype::F16, KvDtype::Int8, KvDtype::F32] {
         cases.extend(dtype_cases(dtype, scale));
     }
     cases

@@ -56,8 +56,9 @@ pub struct EngineConfig {
     pub block_size: u32,
     /// KV blocks in the cache: the memory budget (default 2048).
     pub num_blocks: usize,
-    /// Element type of the KV cache (default [`KvDtype::F16`]; [`KvDtype::F32`] is the other
-    /// one stored). Attention computes in f32 either way.
+    /// Element type of the KV cache (default [`KvDtype::F16`]; [`KvDtype::F32`] and
+    /// [`KvDtype::Int8`], with a scale per head vector, are the others stored). Attention
+    /// computes in f32 whatever it reads.
     pub kv_cache_dtype: KvDtype,
     /// Most requests running at once (default 64).
     pub max_num_seqs: usize,

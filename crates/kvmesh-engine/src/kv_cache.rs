@@ -1,5 +1,5 @@
-//! The engine's KV memory: `num_blocks` blocks of keys and values in f16 or f32, addressed by
-//! the [`BlockId`]s the block pool hands out.
+//! The engine's KV memory: `num_blocks` blocks of keys and values in f16, int8 or f32,
+//! addressed by the [`BlockId`]s the block pool hands out.
 //!
 //! The pool (`kvmesh_core::BlockPool`) decides *which* block holds a sequence's tokens; this
 //! module holds the bytes. One vector holds every block back to back, block `b` at
@@ -17,17 +17,29 @@
 //!
 //! # Element types
 //!
-//! [`KvDtype::F16`] (IEEE half, llama.cpp's and vLLM's default) and [`KvDtype::F32`] are
-//! stored; other dtypes are refused with [`KvCacheError::UnsupportedDtype`] rather than
-//! silently stored as something else. Writes round each f32 to nearest-even half and saturate
-//! at +-65,504 (the largest finite half), so an outlier never becomes an infinity that would
-//! turn a softmax into NaN; reads widen exactly. Attention always computes in f32.
+//! - [`KvDtype::F16`] (IEEE half, llama.cpp's and vLLM's default; the engine's default):
+//!   writes round each f32 to nearest-even half and saturate at +-65,504 (the largest finite
+//!   half), so an outlier never becomes an infinity that would turn a softmax into NaN;
+//!   relative error <= 2^-11 per element.
+//! - [`KvDtype::Int8`], symmetric int8 with one f32 scale per head vector (per token, layer,
+//!   K/V and KV head: `int8_scale`, the vector's largest finite magnitude / 127), the core
+//!   geometry's quantised layout. Every finite element is within half a step (`scale / 2`) of
+//!   its value; non-finite elements saturate (NaN stores 0). Half of f16's bytes: twice the
+//!   tokens in the same budget. The scales live in their own array, `block_vectors` per block;
+//!   [`KvCache::read_block`] appends them after the block's data, as the geometry describes.
+//! - [`KvDtype::F32`], exact.
+//!
+//! Other dtypes are refused with [`KvCacheError::UnsupportedDtype`] rather than silently
+//! stored as something else. Attention always computes in f32 (int8 scales multiply the dot
+//! products and the softmax weights, see `crate::attention`).
 //!
 //! Why f16 is the default: batched decode reads every cached token of every sequence at every
-//! step, and once a batch's KV outgrows the last-level cache that read is bound by DRAM
-//! bandwidth (see `crate::attention`). Half the bytes is close to half the time; the price is
-//! an 11-bit significand (relative rounding error <= 2^-11 per element), which the attention
-//! tests bound against a dense reference on the rounded values.
+//! step, and once a batch's KV outgrows the last-level cache that read is bound by memory
+//! (see `crate::attention`). Half of f32's bytes is most of half the time, at an 11-bit
+//! significand. Int8 halves the bytes again, but on this engine's AVX2 kernels widening int8
+//! costs more instructions than f16, and batch-16 decode measured about the same as f16 (a
+//! capacity option, not a speed one, for now); the attention tests bound both against a
+//! dense reference on the stored values.
 //!
 //! # Errors, not panics
 //!
@@ -40,7 +52,7 @@
 //!
 //! `bytes() = num_blocks x geometry.bytes_per_block()`; SmolLM2-135M (30 layers, 3 KV heads,
 //! head dim 64) at block size 16 is 360 KiB per block in f16, 23,040 bytes per token (twice
-//! that in f32). The region is
+//! that in f32; int8 is 11,520 bytes of data plus 720 of scales). The region is
 //! allocated zeroed up front (committed by the OS page by page on first use, on 2 MiB pages
 //! where it allows: `crate::huge_pages`) and never grows.
 
@@ -55,8 +67,8 @@ use crate::quant::{f16_to_f32, f32_to_f16};
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum KvCacheError {
-    /// The geometry's dtype is not stored by this cache (f16 and f32 are).
-    #[error("KV dtype {dtype} is not supported by the KV cache (use f16 or f32)")]
+    /// The geometry's dtype is not stored by this cache (f16, int8 and f32 are).
+    #[error("KV dtype {dtype} is not supported by the KV cache (use f16, int8 or f32)")]
     UnsupportedDtype {
         /// The refused dtype.
         dtype: KvDtype,
@@ -139,9 +151,13 @@ pub enum KvCacheError {
 pub(crate) trait KvElement: Copy + Default + Send + Sync + 'static {
     /// Bytes per element in [`KvCache::read_block`]'s little-endian encoding.
     const BYTES: usize;
-    /// The stored form of `x` (rounded and saturated where the type is narrower).
+    /// Whether every head vector carries an f32 scale beside the data: a value is
+    /// `scale x element` ([`KvDtype::Int8`]).
+    const SCALED: bool = false;
+    /// The stored form of `x` (rounded and saturated where the type is narrower; for a scaled
+    /// type `x` is already divided by its vector's scale).
     fn from_f32(x: f32) -> Self;
-    /// The value, exactly.
+    /// The stored value (before any scale), exactly.
     fn to_f32(self) -> f32;
     /// Writes the element's little-endian bytes to `out` (`BYTES` long).
     fn put_le(self, out: &mut [u8]);
@@ -194,11 +210,46 @@ impl KvElement for F16 {
     }
 }
 
+/// The largest stored int8 magnitude: symmetric quantisation uses -127..=127.
+const INT8_MAX: f32 = 127.0;
+
+impl KvElement for i8 {
+    const BYTES: usize = 1;
+    const SCALED: bool = true;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        // `as` saturates, and maps NaN to 0.
+        x.round().clamp(-INT8_MAX, INT8_MAX) as i8
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    fn put_le(self, out: &mut [u8]) {
+        out[0] = self as u8;
+    }
+    fn get_le(bytes: &[u8]) -> Self {
+        bytes[0] as i8
+    }
+}
+
+/// The scale of an int8 head vector: its largest finite magnitude over 127, so the vector's
+/// extreme maps to +-127 and every finite element is within half a step (`scale / 2`) of
+/// its stored value. 0 for an all-zero (or all non-finite) vector.
+pub(crate) fn int8_scale(x: &[f32]) -> f32 {
+    let max = x
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    max / INT8_MAX
+}
+
 /// The cache's elements, in the dtype the geometry names.
 #[derive(Clone)]
 enum Storage {
     F32(Vec<f32>),
     F16(Vec<F16>),
+    Int8(Vec<i8>),
 }
 
 /// A borrowed view of the cache's elements, for the attention kernels to dispatch on once per
@@ -206,10 +257,11 @@ enum Storage {
 pub(crate) enum KvData<'a> {
     F32(&'a [f32]),
     F16(&'a [F16]),
+    Int8(&'a [i8]),
 }
 
-/// KV storage for `num_blocks` blocks of one model's [`KvGeometry`], in its dtype (f16 or
-/// f32).
+/// KV storage for `num_blocks` blocks of one model's [`KvGeometry`], in its dtype (f16, f32,
+/// or int8 with a scale per head vector).
 ///
 /// ```
 /// use kvmesh_core::{find_preset, BlockPool, KvDtype, KvGeometry};
@@ -231,7 +283,23 @@ pub struct KvCache {
     geometry: KvGeometry,
     num_blocks: usize,
     block_elems: usize,
+    /// Head vectors per block: `block_elems / head_dim`.
+    block_vectors: usize,
     data: Storage,
+    /// For int8, one scale per head vector, `block_vectors` per block in the order of
+    /// [`KvGeometry::element_offset`]` / head_dim`; empty otherwise.
+    scales: Vec<f32>,
+}
+
+/// `$body` with `$d` bound to the storage's vector, whatever its element type.
+macro_rules! with_storage {
+    ($storage:expr, $d:ident => $body:expr) => {
+        match $storage {
+            Storage::F32($d) => $body,
+            Storage::F16($d) => $body,
+            Storage::Int8($d) => $body,
+        }
+    };
 }
 
 impl std::fmt::Debug for KvCache {
@@ -245,15 +313,17 @@ impl std::fmt::Debug for KvCache {
 }
 
 impl KvCache {
-    /// Allocates `num_blocks` zeroed blocks of `geometry`, which must use [`KvDtype::F16`]
-    /// or [`KvDtype::F32`].
+    /// Allocates `num_blocks` zeroed blocks of `geometry`, which must use [`KvDtype::F16`],
+    /// [`KvDtype::F32`] or [`KvDtype::Int8`].
     pub fn new(geometry: KvGeometry, num_blocks: usize) -> Result<Self, KvCacheError> {
         let elem_bytes = match geometry.dtype() {
             KvDtype::F32 => size_of::<f32>(),
             KvDtype::F16 => size_of::<F16>(),
+            KvDtype::Int8 => size_of::<i8>(),
             dtype => return Err(KvCacheError::UnsupportedDtype { dtype }),
         };
         let block_elems = geometry.elements_per_block();
+        let block_vectors = block_elems / geometry.dims().head_dim.max(1) as usize;
         let too_large = KvCacheError::TooLarge {
             num_blocks,
             elements_per_block: block_elems,
@@ -261,16 +331,25 @@ impl KvCache {
         let total = num_blocks
             .checked_mul(block_elems)
             .filter(|&n| n <= isize::MAX as usize / elem_bytes)
-            .ok_or(too_large)?;
-        let data = match geometry.dtype() {
-            KvDtype::F16 => Storage::F16(zeroed(total)),
-            _ => Storage::F32(zeroed(total)),
+            .ok_or(too_large.clone())?;
+        let (data, scales) = match geometry.dtype() {
+            KvDtype::F16 => (Storage::F16(zeroed(total)), Vec::new()),
+            KvDtype::Int8 => {
+                let vectors = num_blocks
+                    .checked_mul(block_vectors)
+                    .filter(|&n| n <= isize::MAX as usize / size_of::<f32>())
+                    .ok_or(too_large)?;
+                (Storage::Int8(zeroed(total)), zeroed(vectors))
+            }
+            _ => (Storage::F32(zeroed(total)), Vec::new()),
         };
         Ok(KvCache {
             geometry,
             num_blocks,
             block_elems,
+            block_vectors,
             data,
+            scales,
         })
     }
 
@@ -284,42 +363,45 @@ impl KvCache {
         self.num_blocks
     }
 
-    /// Bytes of KV data held: `num_blocks x bytes_per_block`.
+    /// Bytes of KV data held, scales included: `num_blocks x bytes_per_block`.
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            Storage::F32(d) => size_of_val(d.as_slice()),
-            Storage::F16(d) => size_of_val(d.as_slice()),
-        }
+        with_storage!(&self.data, d => size_of_val(d.as_slice()))
+            + size_of_val(self.scales.as_slice())
     }
 
-    /// Bytes of one block's region (every layer, K and V): `geometry.bytes_per_block()`.
+    /// Bytes of one block's region (every layer, K and V, then the scales of a quantised
+    /// dtype): `geometry.bytes_per_block()`.
     pub fn block_bytes(&self) -> usize {
-        self.block_elems * self.elem_bytes()
+        self.block_elems * self.elem_bytes() + self.block_scales() * size_of::<f32>()
     }
 
-    /// Copies one block's whole region (every layer, K and V) into `out` as little-endian
-    /// elements of the cache's dtype: the form a lower tier stores. `out` must be
+    /// Copies one block's whole region (every layer, K and V) into `out`: the elements as
+    /// little-endian values of the cache's dtype, then, for int8, the block's f32 scales
+    /// (the core geometry's block format; the form a lower tier stores). `out` must be
     /// [`block_bytes`](Self::block_bytes) long.
     pub fn read_block(&self, block: BlockId, out: &mut [u8]) -> Result<(), KvCacheError> {
-        let at = self.check_block(block)? * self.block_elems;
+        let b = self.check_block(block)?;
         self.check_block_len(out.len())?;
-        match &self.data {
-            Storage::F32(d) => encode(&d[at..at + self.block_elems], out),
-            Storage::F16(d) => encode(&d[at..at + self.block_elems], out),
-        }
+        let (elems, scales) = (b * self.block_elems, b * self.block_scales());
+        let (data_out, scales_out) = out.split_at_mut(self.block_elems * self.elem_bytes());
+        with_storage!(&self.data, d => encode(&d[elems..elems + self.block_elems], data_out));
+        encode(
+            &self.scales[scales..scales + self.block_scales()],
+            scales_out,
+        );
         Ok(())
     }
 
     /// Overwrites one block's whole region from `bytes` in [`read_block`](Self::read_block)'s
     /// encoding (onboarding a block from a lower tier).
     pub fn write_block(&mut self, block: BlockId, bytes: &[u8]) -> Result<(), KvCacheError> {
-        let at = self.check_block(block)? * self.block_elems;
+        let b = self.check_block(block)?;
         self.check_block_len(bytes.len())?;
-        let n = self.block_elems;
-        match &mut self.data {
-            Storage::F32(d) => decode(bytes, &mut d[at..at + n]),
-            Storage::F16(d) => decode(bytes, &mut d[at..at + n]),
-        }
+        let (n, m) = (self.block_elems, self.block_scales());
+        let (elems, scales) = (b * n, b * m);
+        let (data_in, scales_in) = bytes.split_at(n * self.elem_bytes());
+        with_storage!(&mut self.data, d => decode(data_in, &mut d[elems..elems + n]));
+        decode(scales_in, &mut self.scales[scales..scales + m]);
         Ok(())
     }
 
@@ -340,7 +422,8 @@ impl KvCache {
     }
 
     /// Stores a chunk of consecutive tokens at positions `start..start + n` in `layer`,
-    /// converted to the cache's dtype.
+    /// converted to the cache's dtype (for int8, each head vector with its own scale: its
+    /// largest finite magnitude / 127).
     ///
     /// `k` and `v` hold `n x kv_heads x head_dim` floats, token-major; `n` is implied by
     /// their length. Validates everything before writing anything.
@@ -379,10 +462,13 @@ impl KvCache {
                 capacity: self.table_capacity(block_table),
             })?;
         self.check_table(block_table, start, end)?;
-        match &mut self.data {
-            Storage::F32(d) => scatter(d, &self.geometry, layer, block_table, start, k, v),
-            Storage::F16(d) => scatter(d, &self.geometry, layer, block_table, start, k, v),
-        }
+        let to = Slots {
+            geometry: &self.geometry,
+            layer,
+            table: block_table,
+            start,
+        };
+        with_storage!(&mut self.data, d => scatter(d, &mut self.scales, &to, k, v));
         Ok(())
     }
 
@@ -402,12 +488,8 @@ impl KvCache {
         if src == dst || copy.slots == 0 {
             return Ok(());
         }
-        let (src, dst) = (src * self.block_elems, dst * self.block_elems);
         let (geometry, slots) = (&self.geometry, copy.slots as usize);
-        match &mut self.data {
-            Storage::F32(d) => copy_slots(d, geometry, src, dst, slots),
-            Storage::F16(d) => copy_slots(d, geometry, src, dst, slots),
-        }
+        with_storage!(&mut self.data, d => copy_slots(d, &mut self.scales, geometry, src, dst, slots));
         Ok(())
     }
 
@@ -419,7 +501,14 @@ impl KvCache {
         match &self.data {
             Storage::F32(d) => KvData::F32(d),
             Storage::F16(d) => KvData::F16(d),
+            Storage::Int8(d) => KvData::Int8(d),
         }
+    }
+
+    /// Every block's head-vector scales (int8; empty otherwise): vector `element_offset / d`
+    /// of block `b` at `b * elements_per_block / head_dim`.
+    pub(crate) fn scales(&self) -> &[f32] {
+        &self.scales
     }
 
     pub(crate) fn check_layer(&self, layer: u32) -> Result<(), KvCacheError> {
@@ -467,6 +556,16 @@ impl KvCache {
         match self.data {
             Storage::F32(_) => f32::BYTES,
             Storage::F16(_) => F16::BYTES,
+            Storage::Int8(_) => i8::BYTES,
+        }
+    }
+
+    /// Scales per block: one per head vector for int8, none otherwise.
+    fn block_scales(&self) -> usize {
+        if self.scales.is_empty() {
+            0
+        } else {
+            self.block_vectors
         }
     }
 
@@ -500,46 +599,68 @@ impl KvCache {
     }
 }
 
-/// Writes tokens `start..` of `k`/`v` (`[token][kv_head][head_dim]` floats) to their slots;
-/// the caller has validated the layer, shapes and table.
-fn scatter<E: KvElement>(
-    data: &mut [E],
-    geometry: &KvGeometry,
+/// Where [`scatter`] writes: positions `start..` of a sequence's `table` in `layer`.
+struct Slots<'a> {
+    geometry: &'a KvGeometry,
     layer: u32,
-    table: &[BlockId],
+    table: &'a [BlockId],
     start: usize,
-    k: &[f32],
-    v: &[f32],
-) {
-    let d = geometry.dims().head_dim as usize;
-    let bs = geometry.block_size() as usize;
-    let kv_heads = geometry.dims().num_kv_heads;
+}
+
+/// Writes tokens `start..` of `k`/`v` (`[token][kv_head][head_dim]` floats) to their slots
+/// (and, for a scaled type, each head vector's scale to `scales`); the caller has validated
+/// the layer, shapes and table.
+fn scatter<E: KvElement>(data: &mut [E], scales: &mut [f32], to: &Slots<'_>, k: &[f32], v: &[f32]) {
+    let g = to.geometry;
+    let d = g.dims().head_dim as usize;
+    let bs = g.block_size() as usize;
+    let kv_heads = g.dims().num_kv_heads;
     let row = kv_heads as usize * d;
-    let block_elems = geometry.elements_per_block();
+    let block_elems = g.elements_per_block();
     for (t, (k, v)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
-        let pos = start + t;
-        let base = table[pos / bs].index() * block_elems;
+        let pos = to.start + t;
+        let base = to.table[pos / bs].index() * block_elems;
         let slot = (pos % bs) as u32;
         for h in 0..kv_heads {
             let src = h as usize * d..(h as usize + 1) * d;
-            // Keys dim-major: element c of this slot's key is c * bs further per dim.
-            let key_run = base + geometry.element_offset(layer, KvPart::Key, h, 0);
-            for (c, &x) in k[src.clone()].iter().enumerate() {
-                data[key_run + c * bs + slot as usize] = E::from_f32(x);
-            }
-            let at = base + geometry.element_offset(layer, KvPart::Value, h, slot);
-            for (o, &x) in data[at..at + d].iter_mut().zip(&v[src]) {
-                *o = E::from_f32(x);
+            for (part, x) in [(KvPart::Key, &k[src.clone()]), (KvPart::Value, &v[src])] {
+                let at = base + g.element_offset(to.layer, part, h, slot);
+                let inv = if E::SCALED {
+                    let scale = int8_scale(x);
+                    scales[at / d] = scale;
+                    if scale > 0.0 {
+                        1.0 / scale
+                    } else {
+                        0.0
+                    }
+                } else {
+                    1.0
+                };
+                match part {
+                    // Keys dim-major: element c of this slot's key is c x bs further per dim.
+                    KvPart::Key => {
+                        let run = at - slot as usize * d;
+                        for (c, &x) in x.iter().enumerate() {
+                            data[run + c * bs + slot as usize] = E::from_f32(x * inv);
+                        }
+                    }
+                    KvPart::Value => {
+                        for (o, &x) in data[at..at + d].iter_mut().zip(x) {
+                            *o = E::from_f32(x * inv);
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// Copies slots `0..slots` of every `(layer, part, kv_head)` run from the block at element
-/// `src` to the block at element `dst`: for a value run its first `slots x head_dim`
-/// elements, for a (dim-major) key run the first `slots` elements of each dim row.
+/// Copies slots `0..slots` of every `(layer, part, kv_head)` run from block `src` to block
+/// `dst`: for a value run its first `slots x head_dim` elements, for a (dim-major) key run
+/// the first `slots` elements of each dim row, and the slots' scales if there are any.
 fn copy_slots<E: Copy>(
     data: &mut [E],
+    scales: &mut [f32],
     geometry: &KvGeometry,
     src: usize,
     dst: usize,
@@ -547,15 +668,28 @@ fn copy_slots<E: Copy>(
 ) {
     let dims = geometry.dims();
     let (d, bs) = (dims.head_dim as usize, geometry.block_size() as usize);
+    let block_elems = geometry.elements_per_block();
+    let (src, dst) = (src * block_elems, dst * block_elems);
     for layer in 0..dims.num_layers {
         for h in 0..dims.num_kv_heads {
-            let key = geometry.element_offset(layer, KvPart::Key, h, 0);
-            for c in 0..d {
-                let from = src + key + c * bs;
-                data.copy_within(from..from + slots, dst + key + c * bs);
+            for part in [KvPart::Key, KvPart::Value] {
+                let run = geometry.element_offset(layer, part, h, 0);
+                match part {
+                    KvPart::Key => {
+                        for c in 0..d {
+                            let from = src + run + c * bs;
+                            data.copy_within(from..from + slots, dst + run + c * bs);
+                        }
+                    }
+                    KvPart::Value => {
+                        data.copy_within(src + run..src + run + slots * d, dst + run);
+                    }
+                }
+                if !scales.is_empty() {
+                    let (from, to) = ((src + run) / d, (dst + run) / d);
+                    scales.copy_within(from..from + slots, to);
+                }
             }
-            let value = geometry.element_offset(layer, KvPart::Value, h, 0);
-            data.copy_within(src + value..src + value + slots * d, dst + value);
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Paged attention against a dense reference, over every backend this CPU has and both KV
-//! element types (f32, f16).
+//! element types (f32, f16, int8 with a scale per head vector).
 //!
 //! The reference is plain `softmax(Q K^T * scale) V` on contiguous arrays, in f64, over the
-//! keys and values as the cache stores them (rounded to half for an f16 cache: the attention
-//! kernels must be exact up to f32 arithmetic on what is stored; the rounding itself is the
-//! dtype's, bounded separately by `f16_rounding_is_bounded_and_saturates`). Paged
+//! keys and values as the cache stores them (rounded to half for an f16 cache, quantised for
+//! int8: the attention kernels must be exact up to f32 arithmetic on what is stored; the
+//! rounding itself is the dtype's, bounded separately by `f16_rounding_is_bounded_and_saturates`
+//! and `int8_error_is_within_half_a_step`). Paged
 //! results (random, shuffled block tables; GQA / MQA / MHA; head dims 32/64/128 plus odd
 //! ones; block sizes 1/4/16; partial last blocks) must match it to a relative error of
 //! `TOLERANCE` per output head vector (max abs error over the vector's max abs value).
@@ -64,7 +65,7 @@ impl Rng {
 }
 
 /// The dtypes the cache stores.
-const DTYPES: [KvDtype; 2] = [KvDtype::F32, KvDtype::F16];
+const DTYPES: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Int8];
 
 fn geometry(layers: u32, (qh, kvh): (u32, u32), d: u32, bs: u32, dtype: KvDtype) -> KvGeometry {
     let dims = ModelDims {
@@ -77,12 +78,27 @@ fn geometry(layers: u32, (qh, kvh): (u32, u32), d: u32, bs: u32, dtype: KvDtype)
     KvGeometry::new(dims, dtype, bs).unwrap()
 }
 
-/// `values` as a cache of `dtype` stores them.
-fn stored(dtype: KvDtype, values: Vec<f32>) -> Vec<f32> {
+/// `values` (head vectors of `d` floats) as a cache of `dtype` stores them: f16 rounds to
+/// nearest and saturates; int8 scales each vector by its largest finite magnitude over 127
+/// and rounds `x x (1 / scale)` to an integer (the cache's formula, so the values are equal).
+fn stored(dtype: KvDtype, values: Vec<f32>, d: usize) -> Vec<f32> {
     match dtype {
         KvDtype::F16 => values
             .into_iter()
             .map(|x| f16_to_f32(f32_to_f16(x.clamp(-65_504.0, 65_504.0))))
+            .collect(),
+        KvDtype::Int8 => values
+            .chunks(d)
+            .flat_map(|v| {
+                let scale = v
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .fold(0f32, |m, x| m.max(x.abs()))
+                    / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                v.iter()
+                    .map(move |&x| (x * inv).round().clamp(-127.0, 127.0) * scale)
+            })
             .collect(),
         _ => values,
     }
@@ -90,10 +106,13 @@ fn stored(dtype: KvDtype, values: Vec<f32>) -> Vec<f32> {
 
 /// Dense K/V as `cache` stores them.
 fn stored_dense(cache: &KvCache, keys: Vec<f32>, values: Vec<f32>) -> Dense {
-    let dtype = cache.geometry().dtype();
+    let (dtype, d) = (
+        cache.geometry().dtype(),
+        cache.geometry().dims().head_dim as usize,
+    );
     Dense {
-        keys: stored(dtype, keys),
-        values: stored(dtype, values),
+        keys: stored(dtype, keys, d),
+        values: stored(dtype, values, d),
     }
 }
 
@@ -382,7 +401,10 @@ proptest! {
         let want = dense_attention(
             g.dims(),
             &q,
-            &Dense { keys: stored(dt, kv.keys.clone()), values: stored(dt, kv.values.clone()) },
+            &Dense {
+                keys: stored(dt, kv.keys.clone(), d as usize),
+                values: stored(dt, kv.values.clone(), d as usize),
+            },
             0,
             scale_of(d),
         );
@@ -520,6 +542,11 @@ proptest! {
                             } * elem;
                             prop_assert_eq!(&after[at..at + elem], &expect[at..at + elem]);
                         }
+                        if dt.is_quantized() {
+                            // The slot's scale, after the data.
+                            let at = g.elements_per_block() * elem + 4 * (run / 8 + slot);
+                            prop_assert_eq!(&after[at..at + 4], &expect[at..at + 4]);
+                        }
                     }
                 }
             }
@@ -637,6 +664,58 @@ fn f16_rounding_is_bounded_and_saturates() {
             } else {
                 // Subnormal halves: absolute error within half of their spacing 2^-24.
                 assert!((got - x).abs() <= 2f32.powi(-25), "{x} -> {got}");
+            }
+        }
+    }
+}
+
+/// An int8 cache stores every finite element of a head vector within half a quantisation
+/// step (`scale / 2`, scale = the vector's largest finite magnitude / 127) of its value, for
+/// keys (stored dim-major) and values alike; the block bytes carry the data, then the scales.
+#[test]
+fn int8_error_is_within_half_a_step() {
+    let mut rng = Rng(8);
+    let (bs, d) = (4usize, 16usize);
+    let g = geometry(2, (4, 2), d as u32, bs as u32, KvDtype::Int8);
+    let table = shuffled_ids(3, &mut rng);
+    let mut cache = KvCache::new(g, 3).unwrap();
+    let row = 2 * d;
+    let len = 3 * bs;
+    let mut keys = rng.vec(len * row, 5.0);
+    let values = rng.vec(len * row, 0.01);
+    keys[..d].fill(0.0); // an all-zero vector: scale 0, stored exactly
+    keys[d] = f32::NAN; // non-finite elements do not set the scale
+    keys[d + 1] = f32::INFINITY;
+    cache.write_tokens(1, &table, 0, &keys, &values).unwrap();
+    let data_bytes = g.elements_per_block();
+    for pos in 0..len {
+        let mut bytes = vec![0u8; cache.block_bytes()];
+        cache.read_block(table[pos / bs], &mut bytes).unwrap();
+        let slot = pos % bs;
+        for (part, x) in [(KvPart::Key, &keys), (KvPart::Value, &values)] {
+            for h in 0..2u32 {
+                let run = g.element_offset(1, part, h, 0);
+                let at_scale = data_bytes + 4 * (run / d + slot);
+                let scale = f32::from_le_bytes(bytes[at_scale..at_scale + 4].try_into().unwrap());
+                let vector = &x[(pos * 2 + h as usize) * d..][..d];
+                let max = vector
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    (scale - max / 127.0).abs() <= f32::EPSILON * scale,
+                    "scale {scale} vs {max}"
+                );
+                for (c, &want) in vector.iter().enumerate() {
+                    let at = match part {
+                        KvPart::Key => run + c * bs + slot,
+                        KvPart::Value => run + slot * d + c,
+                    };
+                    let got = f32::from(bytes[at] as i8) * scale;
+                    if want.is_finite() {
+                        assert!((got - want).abs() <= scale * 0.500_01, "{want} -> {got}");
+                    }
+                }
             }
         }
     }

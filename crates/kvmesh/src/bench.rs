@@ -52,7 +52,7 @@ pub struct EngineBenchArgs {
     /// Compute threads [default: all cores]
     #[arg(long)]
     threads: Option<usize>,
-    /// Element type of the KV cache (f16 or f32)
+    /// Element type of the KV cache (f16, f32 or int8)
     #[arg(long, default_value = "f16", value_name = "DTYPE")]
     kv_cache_dtype: KvDtype,
     /// Tokens generated per sequence in each decode measurement window

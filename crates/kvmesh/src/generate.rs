@@ -80,7 +80,8 @@ pub struct GenerateArgs {
     /// Disable prefix caching (every prompt is recomputed)
     #[arg(long)]
     no_enable_prefix_caching: bool,
-    /// Element type of the KV cache: f16 (half the memory and bandwidth) or f32
+    /// Element type of the KV cache: f16, f32, or int8 (a scale per head vector; half of
+    /// f16's memory and bandwidth, values within half a quantisation step)
     #[arg(long, default_value = "f16", value_name = "DTYPE")]
     kv_cache_dtype: KvDtype,
     /// KV cache memory budget in GiB [default: 0.5 when no other budget is given]

@@ -60,6 +60,8 @@ pub(super) struct Job<'a, E> {
     pub geometry: &'a KvGeometry,
     /// `geometry.elements_per_block()`.
     pub block_elems: usize,
+    /// Every block's head-vector scales (`KvCache::scales`): empty unless `E::SCALED`.
+    pub scales: &'a [f32],
     pub layer: u32,
     pub table: &'a [BlockId],
     /// Position of the first query row; row `i` attends to positions `0..=start + i`.
@@ -79,6 +81,29 @@ impl<E> Job<'_, E> {
         let k = base + g.element_offset(self.layer, KvPart::Key, kv_head, 0);
         let v = base + g.element_offset(self.layer, KvPart::Value, kv_head, 0);
         (&self.data[k..k + len], &self.data[v..v + len])
+    }
+
+    /// The scales (`block_size` each) of the keys and the values of one KV head of the job's
+    /// layer in one block, for a scaled element type.
+    #[inline(always)]
+    fn head_scales(&self, block: BlockId, kv_head: u32) -> (&[f32], &[f32]) {
+        let g = self.geometry;
+        let d = g.dims().head_dim as usize;
+        let base = block.index() * self.block_elems;
+        let bs = g.block_size() as usize;
+        let k = (base + g.element_offset(self.layer, KvPart::Key, kv_head, 0)) / d;
+        let v = (base + g.element_offset(self.layer, KvPart::Value, kv_head, 0)) / d;
+        (&self.scales[k..k + bs], &self.scales[v..v + bs])
+    }
+}
+
+/// `s[i][j] *= scales[j]` for every row `i` of `s` (rows of `scales.len()`).
+#[inline(always)]
+fn scale_columns(s: &mut [f32], scales: &[f32]) {
+    for row in s.chunks_exact_mut(scales.len()) {
+        for (x, &c) in row.iter_mut().zip(scales) {
+            *x *= c;
+        }
     }
 }
 
@@ -213,6 +238,14 @@ pub(super) fn attend<E: KvElement, O: VecOps<E>>(
                     let acc = &mut acc[own.start * d..own.end * d];
                     let (m, l) = (&mut m[own.clone()], &mut l[own]);
                     ops.qk(&qbuf[hh * nr * d..(hh + 1) * nr * d], k, d, s);
+                    // int8: a key's dot products times its scale; a value's weights times its
+                    // scale after the softmax has used them (the scales of masked keys meet
+                    // exact zeros).
+                    let scales =
+                        E::SCALED.then(|| job.head_scales(block, job.kv_heads.start + h as u32));
+                    if let Some((key_scales, _)) = scales {
+                        scale_columns(s, &key_scales[slot..slot + n]);
+                    }
                     for (i, si) in s.chunks_exact_mut(n).enumerate() {
                         let qpos = job.start + r0 + i / group;
                         // Keys pos..pos + valid are at or before the query: a prefix of the
@@ -233,6 +266,9 @@ pub(super) fn attend<E: KvElement, O: VecOps<E>>(
                         }
                         l[i] += ops.exp_sum(live, m_new);
                         m[i] = m_new;
+                    }
+                    if let Some((_, value_scales)) = scales {
+                        scale_columns(s, &value_scales[slot..slot + n]);
                     }
                     ops.pv(s, v, d, acc);
                 }

@@ -39,7 +39,7 @@
 //!
 //! **Layout.** The cache layout is the core geometry's `[layer][K|V][kv_head]` runs of
 //! `block_size x head_dim` elements (one contiguous region per block, see
-//! `kvmesh_core::KvGeometry`), in f16 by default or f32 (`KvCache`). Inside a run, values
+//! `kvmesh_core::KvGeometry`), in f16 by default, int8 or f32 (`KvCache`). Inside a run, values
 //! are slot-major (`[slot][head_dim]`: one value row per token, which `p.V` accumulates
 //! row by row) and keys are **dim-major** (`[head_dim][slot]`): element `c` of eight
 //! consecutive keys is one vector load, so `q.k` for a query and eight keys is eight lanes of
@@ -74,8 +74,9 @@
 //! them once for all heads, MHA is the `group = 1` case.
 //!
 //! **SIMD where.** The four inner loops (`q.k` dot products, `exp`, rescale, `p.V`
-//! accumulation) sit behind a small vector trait, generic over the stored element (f32, or
-//! f16 bits widened on load); the driver (blocks, masks, softmax state) is written once over
+//! accumulation) sit behind a small vector trait, generic over the stored element (f32, f16
+//! or int8, widened on load; int8 scales multiply the scores after `q.k` and the softmax
+//! weights before `p.V`); the driver (blocks, masks, softmax state) is written once over
 //! it. The portable backend (`scalar.rs`) is the reference and the fallback; an
 //! AVX2+FMA+F16C backend (`x86.rs`, the only `unsafe` here) is chosen at run time with
 //! `is_x86_feature_detected!`, so one binary runs everywhere. The SIMD backend blocks three
@@ -87,16 +88,18 @@
 //! which the compiler vectorises with the baseline ISA.
 //!
 //! **Numbers.** Paged results match a dense `softmax(QK^T * scale) V` over the stored
-//! (f16-rounded or f32) keys and values to 1e-4 relative (`tests/paged_attention.rs`, both
-//! backends, both dtypes, GQA/MQA/MHA, head dims 32/64/128 and odd ones, block sizes 1/4/16).
+//! (f16-rounded, int8-quantised or f32) keys and values to 1e-4 relative
+//! (`tests/paged_attention.rs`, both backends, every dtype, GQA/MQA/MHA, head dims 32/64/128 and odd ones, block sizes 1/4/16).
 //! Speed: `cargo bench -p kvmesh-engine --bench attention` (one layer, so the KV stays in the
 //! last-level cache: it measures the arithmetic); numbers and the 30-layer (DRAM) picture in
 //! `docs/bench/engine.md`. In short, on the project's 2-core VM: batch-16 decode at context
 //! 512 over 30 layers reads 188 MB of f16 KV per step, as 12 KiB pieces scattered over the
 //! cache; random 12 KiB reads stream at only ~6.5 GB/s per core there (11 GB/s sequential),
 //! so decode attention past the cache is bound by memory, and the levers are fewer bytes (f16
-//! instead of f32: 1.2-1.35x on batch-16 decode; int8 would halve again), huge pages
-//! (`crate::huge_pages`) and contiguous reads, not more arithmetic. Prefill is compute-bound.
+//! instead of f32: 1.2-1.35x on batch-16 decode), huge pages (`crate::huge_pages`) and
+//! contiguous reads. Int8 halves the bytes again, but widening int8 takes three instructions
+//! per eight elements against f16's one, and the engine's batch-16 decode measured about the
+//! same as with f16. Prefill is compute-bound.
 
 mod kernel;
 mod scalar;
@@ -372,6 +375,7 @@ impl PagedAttention {
         match call.cache.data() {
             KvData::F32(data) => self.run_on(&call.job(data), q, out, scratch),
             KvData::F16(data) => self.run_on(&call.job(data), q, out, scratch),
+            KvData::Int8(data) => self.run_on(&call.job(data), q, out, scratch),
         }
     }
 
@@ -400,6 +404,7 @@ impl<'a> Call<'a> {
             data,
             geometry: self.cache.geometry(),
             block_elems: self.cache.geometry().elements_per_block(),
+            scales: self.cache.scales(),
             layer: self.layer,
             table: self.table,
             start: self.start,
@@ -417,6 +422,7 @@ trait Element: x86::Load8 {}
 trait Element: KvElement {}
 impl Element for f32 {}
 impl Element for F16 {}
+impl Element for i8 {}
 
 /// [`PagedAttention::prefill`] with the fastest backend this CPU supports.
 pub fn paged_attention_prefill(

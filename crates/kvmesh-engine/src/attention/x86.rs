@@ -41,6 +41,15 @@ impl Load8 for f32 {
     }
 }
 
+impl Load8 for i8 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        // SAFETY: eight `i8`s are 8 readable bytes (the caller's guarantee); AVX2 is present
+        // (the caller's guarantee).
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+}
+
 impl Load8 for F16 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
