@@ -110,6 +110,9 @@ fn scale_columns(s: &mut [f32], scales: &[f32]) {
 /// Working memory of one call: `O(QUERY_TILE x (head_dim + KEY_TILE))` floats, independent
 /// of the context length.
 pub(super) struct Scratch {
+    /// The GQA group and head dim it was sized for.
+    group: usize,
+    head_dim: usize,
     /// Query vectors a tile holds: `QUERY_TILE`, or one GQA group when a group is larger.
     capacity: usize,
     q: Vec<f32>,
@@ -119,10 +122,31 @@ pub(super) struct Scratch {
     l: Vec<f32>,
 }
 
+thread_local! {
+    /// Each thread's scratch, kept between calls: a batch-16 decode step makes ~500 calls,
+    /// each of which used to allocate and zero its own 20 KiB.
+    static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Scratch {
-    pub(super) fn new(group: usize, head_dim: usize) -> Self {
+    /// Runs `f` with this thread's scratch for `group` and `head_dim` (made on first use,
+    /// and again when the shape changes). The kernels initialise what they read, so nothing
+    /// is cleared between calls.
+    pub(super) fn with<R>(group: usize, head_dim: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with_borrow_mut(|slot| {
+            let scratch = match slot {
+                Some(s) if s.group == group && s.head_dim == head_dim => s,
+                _ => slot.insert(Scratch::new(group, head_dim)),
+            };
+            f(scratch)
+        })
+    }
+
+    fn new(group: usize, head_dim: usize) -> Self {
         let capacity = QUERY_TILE.max(group);
         Scratch {
+            group,
+            head_dim,
             capacity,
             q: vec![0.0; capacity * head_dim],
             acc: vec![0.0; capacity * head_dim],

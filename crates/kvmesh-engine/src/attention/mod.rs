@@ -292,7 +292,26 @@ impl PagedAttention {
             }
             cache.check_table(table, 0, context_len)?;
         }
-        let mut scratch = Scratch::new(group(cache), dims.head_dim as usize);
+        let (g, d) = (group(cache), dims.head_dim as usize);
+        Scratch::with(g, d, |scratch| {
+            self.decode_each(cache, layer, seqs, q, out, scale, scratch)
+        });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_each(
+        &self,
+        cache: &KvCache,
+        layer: u32,
+        seqs: &[(&[BlockId], usize)],
+        q: &[f32],
+        out: &mut [f32],
+        scale: f32,
+        scratch: &mut Scratch,
+    ) {
+        let dims = cache.geometry().dims();
+        let row_len = dims.num_query_heads as usize * dims.head_dim as usize;
         for ((&(table, context_len), q), out) in seqs
             .iter()
             .zip(q.chunks_exact(row_len))
@@ -306,9 +325,8 @@ impl PagedAttention {
                 kv_heads: 0..dims.num_kv_heads,
                 scale,
             };
-            self.run(&call, q, out, &mut scratch);
+            self.run(&call, q, out, scratch);
         }
-        Ok(())
     }
 
     /// Causal attention of one sequence's query rows at positions `start..start + rows`,
@@ -365,8 +383,9 @@ impl PagedAttention {
             kv_heads,
             scale,
         };
-        let mut scratch = Scratch::new(g, dims.head_dim as usize);
-        self.run(&call, q, out, &mut scratch);
+        Scratch::with(g, dims.head_dim as usize, |scratch| {
+            self.run(&call, q, out, scratch)
+        });
         Ok(())
     }
 

@@ -419,11 +419,20 @@ impl Job<'_> {
     unsafe fn store(&self, c0: usize, width: usize, acc: &[f32]) {
         let rows = self.w.rows;
         let valid = width.min(rows - c0);
+        let (whole, rest) = (valid / PANEL, valid % PANEL);
         for (t, a) in acc.chunks_exact(width).enumerate() {
-            // SAFETY: t < n and c0 + valid <= rows, so the range lies inside `out`
-            // (n x rows); the caller guarantees no concurrent writer.
+            // SAFETY: t < n and c0 + valid <= rows, so the ranges lie inside `out`
+            // (n x rows) and inside `a` (width >= valid); the caller guarantees no concurrent
+            // writer.
             unsafe {
-                std::ptr::copy_nonoverlapping(a.as_ptr(), self.out.0.add(t * rows + c0), valid);
+                let (src, dst) = (a.as_ptr(), self.out.0.add(t * rows + c0));
+                // Whole panels as fixed-size copies (two vector moves each, not a `memcpy`
+                // call per panel and token), then any partial last panel.
+                for c in 0..whole {
+                    std::ptr::copy_nonoverlapping(src.add(c * PANEL), dst.add(c * PANEL), PANEL);
+                }
+                let at = whole * PANEL;
+                std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), rest);
             }
         }
     }
