@@ -3,7 +3,7 @@
 //! `scalar.rs` and `x86.rs` supply the four inner loops (`qk`, `exp_sum`, `scale`, `pv`);
 //! everything about blocks, masks and the running softmax lives here, so both backends walk
 //! the cache in the same order and differ only in arithmetic rounding. The driver is generic
-//! over the stored element `E` (f32 or f16): only `qk` and `pv` read keys and values, and they
+//! over the stored element `E` (f32, f16 or int8): only `qk` and `pv` read keys and values, and they
 //! widen each element to f32 as they load it.
 
 use std::ops::Range;

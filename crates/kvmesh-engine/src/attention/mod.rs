@@ -294,39 +294,23 @@ impl PagedAttention {
         }
         let (g, d) = (group(cache), dims.head_dim as usize);
         Scratch::with(g, d, |scratch| {
-            self.decode_each(cache, layer, seqs, q, out, scale, scratch)
+            for ((&(table, context_len), q), out) in seqs
+                .iter()
+                .zip(q.chunks_exact(row_len))
+                .zip(out.chunks_exact_mut(row_len))
+            {
+                let call = Call {
+                    cache,
+                    layer,
+                    table,
+                    start: context_len - 1,
+                    kv_heads: 0..dims.num_kv_heads,
+                    scale,
+                };
+                self.run(&call, q, out, scratch);
+            }
         });
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decode_each(
-        &self,
-        cache: &KvCache,
-        layer: u32,
-        seqs: &[(&[BlockId], usize)],
-        q: &[f32],
-        out: &mut [f32],
-        scale: f32,
-        scratch: &mut Scratch,
-    ) {
-        let dims = cache.geometry().dims();
-        let row_len = dims.num_query_heads as usize * dims.head_dim as usize;
-        for ((&(table, context_len), q), out) in seqs
-            .iter()
-            .zip(q.chunks_exact(row_len))
-            .zip(out.chunks_exact_mut(row_len))
-        {
-            let call = Call {
-                cache,
-                layer,
-                table,
-                start: context_len - 1,
-                kv_heads: 0..dims.num_kv_heads,
-                scale,
-            };
-            self.run(&call, q, out, scratch);
-        }
     }
 
     /// Causal attention of one sequence's query rows at positions `start..start + rows`,
