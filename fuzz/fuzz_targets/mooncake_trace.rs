@@ -8,8 +8,9 @@
 //!   `fail` (little-endian `fail_lo`, `fail_hi`) of the body.
 //!
 //! The reader must agree exactly with an independent model of the documented format: lines end
-//! at `\n` (a `\r` before it is dropped), a line of more than `cap` bytes before its `\n` is
-//! `LineTooLong` (found after reading at most `cap + 1` of its bytes), blank (ASCII whitespace)
+//! at `\n` (a `\r` before it is dropped), a line of more than `cap` bytes once its `\n` (or
+//! `\r\n`) is dropped is `LineTooLong` (found after reading at most `cap + 2` of its bytes),
+//! blank (ASCII whitespace)
 //! lines are skipped, every other line is one JSON record with the four required fields, and the
 //! first error ends the stream. So: the records are those of the valid non-blank lines, in order,
 //! each with the right fields; there is at most one error, last, carrying the source's name and
@@ -127,7 +128,8 @@ fn model(body: &[u8], cap: usize, fail_at: Option<usize>) -> Expected {
         records: Vec::new(),
         error: None,
     };
-    let limit = cap.saturating_add(1);
+    // The reader takes at most the content limit plus a `\r\n`.
+    let limit = cap.saturating_add(2);
     let mut start = 0;
     let mut line = 0u64;
     loop {
@@ -151,16 +153,16 @@ fn model(body: &[u8], cap: usize, fail_at: Option<usize>) -> Expected {
         if span == 0 {
             return expected;
         }
-        if !ended_by_newline && !at_eof {
-            expected.error = Some((line, "too long"));
-            return expected;
-        }
         let mut text = &rest[..span];
         if ended_by_newline {
             text = &text[..text.len() - 1];
             if let Some(stripped) = text.strip_suffix(b"\r") {
                 text = stripped;
             }
+        }
+        if text.len() > cap {
+            expected.error = Some((line, "too long"));
+            return expected;
         }
         start += span;
         if text.iter().all(u8::is_ascii_whitespace) {

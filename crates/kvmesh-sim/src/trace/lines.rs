@@ -2,8 +2,9 @@
 //!
 //! `BufRead::read_until` on its own grows its buffer until it finds a newline, so a file with no
 //! newline (or a corrupt one) would be read whole into memory. [`LineReader`] reads through
-//! `take(limit + 1)`: a line over the limit is detected after `limit + 1` bytes and reported
-//! with its number, and nothing past it is consumed.
+//! `take(limit + 2)` (the content plus a `\r\n`): a line whose content is over the limit is
+//! detected after at most `limit + 2` bytes and reported with its number, and nothing past
+//! those bytes is consumed.
 
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
@@ -55,13 +56,16 @@ impl<R: BufRead> LineReader<R> {
         }
         self.buf.clear();
         self.line += 1;
-        let limit = self.max_line_bytes.saturating_add(1) as u64;
+        // Room for the content and a `\r\n` terminator: the limit is on the line's content.
+        let limit = self.max_line_bytes.saturating_add(2) as u64;
         let read = (&mut self.reader)
             .take(limit)
             .read_until(b'\n', &mut self.buf);
         match read {
             Err(e) => Err(self.error(TraceErrorKind::Io(e))),
             Ok(0) => {
+                // The end: no line was read, so the count stays at the last one.
+                self.line -= 1;
                 self.done = true;
                 Ok(None)
             }
@@ -71,12 +75,55 @@ impl<R: BufRead> LineReader<R> {
                     if self.buf.last() == Some(&b'\r') {
                         self.buf.pop();
                     }
-                } else if self.buf.len() > self.max_line_bytes {
+                }
+                if self.buf.len() > self.max_line_bytes {
                     let limit = self.max_line_bytes;
                     return Err(self.error(TraceErrorKind::LineTooLong { limit }));
                 }
                 Ok(Some(&self.buf))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(text: &str, limit: usize) -> LineReader<&[u8]> {
+        let mut r = LineReader::new(text.as_bytes(), PathBuf::from("t"));
+        r.set_max_line_bytes(limit);
+        r
+    }
+
+    #[test]
+    fn the_line_number_stays_on_the_last_line_at_the_end() {
+        let mut r = reader("a\nb\n", 10);
+        assert_eq!(r.line(), 0);
+        assert_eq!(r.next_line().unwrap(), Some(&b"a"[..]));
+        assert_eq!(r.next_line().unwrap(), Some(&b"b"[..]));
+        assert_eq!(r.line(), 2);
+        assert_eq!(r.next_line().unwrap(), None);
+        assert_eq!(r.line(), 2);
+        let mut unterminated = reader("a\nb", 10);
+        unterminated.next_line().unwrap();
+        assert_eq!(unterminated.next_line().unwrap(), Some(&b"b"[..]));
+        assert_eq!(unterminated.next_line().unwrap(), None);
+        assert_eq!(unterminated.line(), 2);
+    }
+
+    #[test]
+    fn the_limit_is_on_content_whatever_the_terminator() {
+        for text in ["abcd\nx", "abcd\r\nx", "abcd"] {
+            let mut r = reader(text, 4);
+            assert_eq!(r.next_line().unwrap(), Some(&b"abcd"[..]), "{text:?}");
+        }
+        for text in ["abcde\n", "abcde\r\n", "abcde", "abcdefghij"] {
+            let err = reader(text, 4).next_line().unwrap_err();
+            assert!(
+                matches!(err.kind(), TraceErrorKind::LineTooLong { limit: 4 }),
+                "{text:?}: {err}"
+            );
         }
     }
 }
