@@ -23,8 +23,8 @@
 
 /// A vector of `len` copies of `value`, backed by huge pages where the OS allows: the memory
 /// is advised before the fill touches it. Every element is written here, so the whole region
-/// is committed at once rather than on first use (what a KV budget or a weight matrix means
-/// anyway, and it keeps page faults out of serving steps).
+/// is committed at once: right for packed weights, which are filled at load anyway. The KV
+/// cache, committed lazily, allocates zeroed memory and advises it instead (`kv_cache.rs`).
 pub(crate) fn huge_vec<T: Clone>(len: usize, value: T) -> Vec<T> {
     let mut data = Vec::with_capacity(len);
     advise_huge_pages(data.spare_capacity_mut());

@@ -553,19 +553,15 @@ impl KvCache {
     }
 
     fn elem_bytes(&self) -> usize {
-        match self.data {
-            Storage::F32(_) => f32::BYTES,
-            Storage::F16(_) => F16::BYTES,
-            Storage::Int8(_) => i8::BYTES,
-        }
+        (self.geometry.dtype().bits() / 8) as usize
     }
 
-    /// Scales per block: one per head vector for int8, none otherwise.
+    /// Scales per block: one per head vector for a quantised dtype (int8), none otherwise.
     fn block_scales(&self) -> usize {
-        if self.scales.is_empty() {
-            0
-        } else {
+        if self.geometry.dtype().is_quantized() {
             self.block_vectors
+        } else {
+            0
         }
     }
 

@@ -70,29 +70,44 @@ pub(super) struct Job<'a, E> {
     pub scale: f32,
 }
 
+/// Where one KV head's key run and value run (each `block_size x head_dim` elements) of a
+/// job's layer start in a block, as element indexes into `Job::data`.
+#[derive(Clone, Copy)]
+struct HeadRuns {
+    key: usize,
+    value: usize,
+}
+
 impl<E> Job<'_, E> {
-    /// The keys and the values (each `block_size x head_dim` elements) of one KV head of the
-    /// job's layer in one block. The caller validated the block, layer and head.
+    /// The runs of `kv_head` in `block`. The caller validated the block, layer and head.
     #[inline(always)]
-    fn head_rows(&self, block: BlockId, kv_head: u32) -> (&[E], &[E]) {
+    fn head_runs(&self, block: BlockId, kv_head: u32) -> HeadRuns {
         let g = self.geometry;
         let base = block.index() * self.block_elems;
-        let len = g.block_size() as usize * g.dims().head_dim as usize;
-        let k = base + g.element_offset(self.layer, KvPart::Key, kv_head, 0);
-        let v = base + g.element_offset(self.layer, KvPart::Value, kv_head, 0);
-        (&self.data[k..k + len], &self.data[v..v + len])
+        HeadRuns {
+            key: base + g.element_offset(self.layer, KvPart::Key, kv_head, 0),
+            value: base + g.element_offset(self.layer, KvPart::Value, kv_head, 0),
+        }
     }
 
-    /// The scales (`block_size` each) of the keys and the values of one KV head of the job's
-    /// layer in one block, for a scaled element type.
+    /// The keys and the values of `runs`.
     #[inline(always)]
-    fn head_scales(&self, block: BlockId, kv_head: u32) -> (&[f32], &[f32]) {
+    fn rows(&self, runs: HeadRuns) -> (&[E], &[E]) {
         let g = self.geometry;
-        let d = g.dims().head_dim as usize;
-        let base = block.index() * self.block_elems;
-        let bs = g.block_size() as usize;
-        let k = (base + g.element_offset(self.layer, KvPart::Key, kv_head, 0)) / d;
-        let v = (base + g.element_offset(self.layer, KvPart::Value, kv_head, 0)) / d;
+        let len = g.block_size() as usize * g.dims().head_dim as usize;
+        (
+            &self.data[runs.key..runs.key + len],
+            &self.data[runs.value..runs.value + len],
+        )
+    }
+
+    /// The scales (`block_size` each) of the keys and the values of `runs`, for a scaled
+    /// element type: a head vector's scale index is its element index over `head_dim`.
+    #[inline(always)]
+    fn scales(&self, runs: HeadRuns) -> (&[f32], &[f32]) {
+        let g = self.geometry;
+        let (d, bs) = (g.dims().head_dim as usize, g.block_size() as usize);
+        let (k, v) = (runs.key / d, runs.value / d);
         (&self.scales[k..k + bs], &self.scales[v..v + bs])
     }
 }
@@ -243,13 +258,14 @@ pub(super) fn attend<E: KvElement, O: VecOps<E>>(
                     // guess the next one; batched decode reads far more KV than fits in cache.
                     let next = job.table[pos / bs + 1];
                     for h in pass_heads.clone() {
-                        let (k, v) = job.head_rows(next, job.kv_heads.start + h as u32);
+                        let (k, v) = job.rows(job.head_runs(next, job.kv_heads.start + h as u32));
                         ops.prefetch(k);
                         ops.prefetch(v);
                     }
                 }
                 for (hh, h) in pass_heads.clone().enumerate() {
-                    let (keys, values) = job.head_rows(block, job.kv_heads.start + h as u32);
+                    let runs = job.head_runs(block, job.kv_heads.start + h as u32);
+                    let (keys, values) = job.rows(runs);
                     let k = Keys {
                         run: keys,
                         stride: bs,
@@ -265,8 +281,7 @@ pub(super) fn attend<E: KvElement, O: VecOps<E>>(
                     // int8: a key's dot products times its scale; a value's weights times its
                     // scale after the softmax has used them (the scales of masked keys meet
                     // exact zeros).
-                    let scales =
-                        E::SCALED.then(|| job.head_scales(block, job.kv_heads.start + h as u32));
+                    let scales = E::SCALED.then(|| job.scales(runs));
                     if let Some((key_scales, _)) = scales {
                         scale_columns(s, &key_scales[slot..slot + n]);
                     }
