@@ -56,6 +56,8 @@
 //! A scalar version of both kernels (`scalar.rs`) defines the arithmetic and runs on CPUs
 //! without AVX2 and FMA; the tests check the SIMD kernels against it bit for bit.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod pack;
 mod scalar;
 #[cfg(test)]
@@ -74,7 +76,7 @@ const PANEL: usize = 16;
 /// Panels the few-token kernel keeps in flight: 8 vectors of accumulators, 8 independent FMA
 /// chains, enough to hide the FMA latency.
 const PANEL_GROUP: usize = 4;
-/// Tokens the many-token kernel's register tile covers.
+/// Tokens the AVX2 many-token kernel's register tile covers (AVX-512: `avx512::TILE_TOKENS`).
 const TILE_TOKENS: usize = 6;
 /// Up to this many tokens use the few-token kernel.
 const FEW_TOKENS: usize = 3;
@@ -237,7 +239,7 @@ impl PackedLinear {
                 .zip(NIBBLE_SCALES.iter().cycle())
                 .map(|(v, s)| v * s)
                 .collect(),
-            (_, false, _) => token_tiles(&x, n, self.cols),
+            (_, false, _) => token_tiles(&x, n, self.cols, kernel.tile_tokens()),
         };
         let job = Job {
             w: self,
@@ -297,16 +299,16 @@ fn flush_tiny(x: &[f32]) -> std::borrow::Cow<'_, [f32]> {
     )
 }
 
-/// `x` (`n x cols`) as token tiles `[tile][input][TILE_TOKENS]`, zeros past the last token.
-fn token_tiles(x: &[f32], n: usize, cols: usize) -> Vec<f32> {
-    let mut tiles = vec![0.0; n.div_ceil(TILE_TOKENS) * cols * TILE_TOKENS];
+/// `x` (`n x cols`) as token tiles `[tile][input][width]`, zeros past the last token.
+fn token_tiles(x: &[f32], n: usize, cols: usize, width: usize) -> Vec<f32> {
+    let mut tiles = vec![0.0; n.div_ceil(width) * cols * width];
     for (rows, tile) in x
-        .chunks(TILE_TOKENS * cols)
-        .zip(tiles.chunks_exact_mut(TILE_TOKENS * cols))
+        .chunks(width * cols)
+        .zip(tiles.chunks_exact_mut(width * cols))
     {
-        // Sequential writes; the tile's rows are read as up to six forward streams.
+        // Sequential writes; the tile's rows are read as up to `width` forward streams.
         for (j, row) in rows.chunks_exact(cols).enumerate() {
-            for (dst, &v) in tile[j..].iter_mut().step_by(TILE_TOKENS).zip(row) {
+            for (dst, &v) in tile[j..].iter_mut().step_by(width).zip(row) {
                 *dst = v;
             }
         }
@@ -376,7 +378,7 @@ impl Job<'_> {
         match kernel {
             Kernel::Scalar => scalar::few_tokens(self.w, p0, panels, self.x, self.sums, &mut s.acc),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
+            Kernel::Avx2 | Kernel::Avx512 => {
                 let x = match self.w.format {
                     WeightFormat::Affine4 => self.x_simd,
                     WeightFormat::Symmetric8 => self.x,
@@ -406,6 +408,10 @@ impl Job<'_> {
                 let panel = aligned(&mut s.panel, self.w.unpacked_len());
                 x86::unpack_panel(self.w, p, panel);
                 x86::many_tokens(self.w, panel, self.x_simd, self.n, self.sums, &mut s.acc);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                avx512::many_tokens(self.w, p, self.x_simd, self.n, self.sums, &mut s.acc);
             }
         }
         // SAFETY: forwarded from the caller.
@@ -438,22 +444,69 @@ impl Job<'_> {
     }
 }
 
+/// The kernel family a call runs, picked once per call from the CPU's features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Scalar,
+    /// AVX2 + FMA + F16C (`x86.rs`).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// The AVX2 set plus AVX-512F: `avx512.rs` for many tokens, `x86.rs` for few.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU runs, capped by `KVMESH_MAX_SIMD` (`scalar`, `avx2`;
+    /// read once) for comparing kernels on one machine.
     fn detect() -> Self {
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Kernel::best_supported();
+            match std::env::var("KVMESH_MAX_SIMD").as_deref() {
+                Ok("scalar") => Kernel::Scalar,
+                #[cfg(target_arch = "x86_64")]
+                Ok("avx2") if best == Kernel::Avx512 => Kernel::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    fn best_supported() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2;
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU runs, slowest first (the tests compare them all).
+    #[cfg(test)]
+    fn available() -> Vec<Kernel> {
+        let all = [
+            Kernel::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512,
+        ];
+        let best = Kernel::best_supported();
+        let n = all.iter().position(|&k| k == best).map_or(1, |i| i + 1);
+        all[..n].to_vec()
+    }
+
+    /// Tokens per group of the many-token kernel's input layout.
+    fn tile_tokens(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::TILE_TOKENS,
+            _ => TILE_TOKENS,
+        }
     }
 }

@@ -152,20 +152,24 @@ fn results_do_not_depend_on_batching_or_threads() {
 
 #[test]
 fn simd_and_scalar_kernels_agree_bitwise() {
-    if Kernel::detect() == Kernel::Scalar {
+    let kernels = Kernel::available();
+    if kernels.len() == 1 {
         eprintln!("skipped: this CPU has no AVX2 + FMA + F16C");
         return;
     }
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
         let (rows, cols) = (70, 192);
         let (w, _) = packed(ty, rows, cols, 7);
-        for n in [1, 3, 8] {
+        // Token counts around the few-token limit and both many-token tile widths.
+        for n in [1, 3, 4, 8, 13, 16, 17, 35] {
             let x = pseudo(n * cols, 8 + n as u32);
-            let mut simd = vec![0.0; n * rows];
             let mut scalar = vec![0.0; n * rows];
-            w.forward_on(Kernel::detect(), &x, n, &mut simd, 1);
             w.forward_on(Kernel::Scalar, &x, n, &mut scalar, 1);
-            assert_eq!(bits(&simd), bits(&scalar), "{ty:?}, {n} tokens");
+            for &k in &kernels[1..] {
+                let mut simd = vec![0.0; n * rows];
+                w.forward_on(k, &x, n, &mut simd, 1);
+                assert_eq!(bits(&simd), bits(&scalar), "{ty:?}, {n} tokens, {k:?}");
+            }
         }
     }
 }
