@@ -52,6 +52,7 @@ mod model;
 mod model_store;
 mod quant;
 mod sampling;
+mod simd;
 mod tokenizer;
 
 pub use attention::{

@@ -9,7 +9,8 @@
 //! results (random, shuffled block tables; GQA / MQA / MHA; head dims 32/64/128 plus odd
 //! ones; block sizes 1/4/16; partial last blocks) must match it to a relative error of
 //! `TOLERANCE` per output head vector (max abs error over the vector's max abs value).
-//! Backends must agree with each other to `BACKEND_TOLERANCE`, and splitting a call (chunked
+//! Backends must agree with each other to `BACKEND_TOLERANCE` (AVX-512 with AVX2 bitwise),
+//! and splitting a call (chunked
 //! prefill, per-KV-head calls) must give bitwise the same result as the whole call.
 //!
 //! Bulk data comes from a seeded generator, not proptest strategies, so shrinking works on
@@ -128,6 +129,27 @@ fn shuffled_ids(n: usize, rng: &mut Rng) -> Vec<BlockId> {
     let mut ids = pool.block_table(seq).unwrap().to_vec();
     rng.shuffle(&mut ids);
     ids
+}
+
+/// Every backend's output within `BACKEND_TOLERANCE` of the first's, and the AVX-512 one
+/// bitwise equal to the AVX2 one (its lanes do the same operations in the same order).
+fn agree(outs: &[(AttentionBackend, Vec<f32>)], d: usize) -> Result<(), TestCaseError> {
+    let (_, first) = &outs[0];
+    for (b, out) in &outs[1..] {
+        let err = rel_error(out, first, d);
+        prop_assert!(
+            err <= BACKEND_TOLERANCE,
+            "{b} differs from scalar by {err:e}"
+        );
+    }
+    let of = |want| outs.iter().find(|(b, _)| *b == want).map(|(_, o)| o);
+    if let (Some(avx2), Some(avx512)) =
+        (of(AttentionBackend::Avx2Fma), of(AttentionBackend::Avx512))
+    {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert!(bits(avx2) == bits(avx512), "avx512 differs from avx2");
+    }
+    Ok(())
 }
 
 fn backends() -> Vec<PagedAttention> {
@@ -317,12 +339,9 @@ proptest! {
             attention.prefill(&cache, layer, table, prefix, &q, &mut out, scale_of(d)).unwrap();
             let err = rel_error(&out, &want, d as usize);
             prop_assert!(err <= TOLERANCE, "{}: rel error {err:e}", attention.backend());
-            outs.push(out);
+            outs.push((attention.backend(), out));
         }
-        for other in &outs[1..] {
-            let err = rel_error(other, &outs[0], d as usize);
-            prop_assert!(err <= BACKEND_TOLERANCE, "backends differ by {err:e}");
-        }
+        agree(&outs, d as usize)?;
     }
 
     /// A batch of sequences of different lengths, each on its own shuffled blocks, decodes
@@ -370,12 +389,9 @@ proptest! {
             attention.decode(&cache, layer, &seqs, &q, &mut out, scale_of(d)).unwrap();
             let err = rel_error(&out, &want, d as usize);
             prop_assert!(err <= TOLERANCE, "{}: rel error {err:e}", attention.backend());
-            outs.push(out);
+            outs.push((attention.backend(), out));
         }
-        for other in &outs[1..] {
-            let err = rel_error(other, &outs[0], d as usize);
-            prop_assert!(err <= BACKEND_TOLERANCE, "backends differ by {err:e}");
-        }
+        agree(&outs, d as usize)?;
     }
 
     /// Several prefill chunks in a row (each written, then attended) equal one-shot prefill
@@ -930,8 +946,21 @@ fn backend_selection() {
     assert!(AttentionBackend::Scalar.is_available());
     let best = PagedAttention::new().backend();
     assert!(best.is_available());
-    match PagedAttention::with_backend(AttentionBackend::Avx2Fma) {
-        Ok(a) => assert_eq!(a.backend(), AttentionBackend::Avx2Fma),
-        Err(e) => assert_eq!(e, KvCacheError::BackendUnavailable { name: "avx2-fma" }),
+    for backend in [AttentionBackend::Avx2Fma, AttentionBackend::Avx512] {
+        match PagedAttention::with_backend(backend) {
+            Ok(a) => assert_eq!(a.backend(), backend),
+            Err(e) => assert_eq!(
+                e,
+                KvCacheError::BackendUnavailable {
+                    name: backend.name()
+                }
+            ),
+        }
     }
+    // The best backend is the last one available.
+    let last = AttentionBackend::ALL
+        .into_iter()
+        .filter(|b| b.is_available())
+        .last();
+    assert_eq!(Some(best), last);
 }

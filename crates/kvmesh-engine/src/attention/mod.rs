@@ -101,6 +101,8 @@
 //! per eight elements against f16's one, and the engine's batch-16 decode measured about the
 //! same as with f16. Prefill is compute-bound.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kernel;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -113,6 +115,7 @@ use kvmesh_core::BlockId;
 #[cfg(not(target_arch = "x86_64"))]
 use crate::kv_cache::KvElement;
 use crate::kv_cache::{KvCache, KvCacheError, KvData, F16};
+use crate::simd::SimdLevel;
 use kernel::{Job, Scratch};
 
 /// Which implementation of the attention inner loops runs.
@@ -123,17 +126,25 @@ pub enum AttentionBackend {
     Scalar,
     /// x86_64 AVX2 and FMA, detected at run time.
     Avx2Fma,
+    /// x86_64 AVX-512F (with AVX2 and FMA), detected at run time; the same bits as
+    /// `Avx2Fma`, faster.
+    Avx512,
 }
 
 impl AttentionBackend {
     /// Every backend, portable first.
-    pub const ALL: [AttentionBackend; 2] = [AttentionBackend::Scalar, AttentionBackend::Avx2Fma];
+    pub const ALL: [AttentionBackend; 3] = [
+        AttentionBackend::Scalar,
+        AttentionBackend::Avx2Fma,
+        AttentionBackend::Avx512,
+    ];
 
-    /// A short name: `scalar`, `avx2-fma`.
+    /// A short name: `scalar`, `avx2-fma`, `avx512`.
     pub const fn name(self) -> &'static str {
         match self {
             AttentionBackend::Scalar => "scalar",
             AttentionBackend::Avx2Fma => "avx2-fma",
+            AttentionBackend::Avx512 => "avx512",
         }
     }
 
@@ -154,6 +165,8 @@ enum Imp {
     Scalar(scalar::Scalar),
     #[cfg(target_arch = "x86_64")]
     Avx2Fma(x86::Avx2Fma),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::Avx512),
 }
 
 /// The paged attention kernels with a chosen backend. Cheap to copy; holds no memory.
@@ -199,15 +212,15 @@ impl Default for PagedAttention {
 }
 
 impl PagedAttention {
-    /// The fastest backend this CPU supports.
+    /// The fastest backend this CPU supports (within `KVMESH_MAX_SIMD`, if set: `scalar`,
+    /// `avx2` or `avx512`).
     pub fn new() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(ops) = x86::Avx2Fma::detect() {
-            return PagedAttention {
-                imp: Imp::Avx2Fma(ops),
-            };
-        }
-        Self::scalar()
+        let best = match crate::simd::max_level() {
+            SimdLevel::Avx512 => AttentionBackend::Avx512,
+            SimdLevel::Avx2 => AttentionBackend::Avx2Fma,
+            SimdLevel::Scalar => AttentionBackend::Scalar,
+        };
+        Self::with_backend(best).unwrap_or_else(|_| Self::scalar())
     }
 
     /// The portable backend.
@@ -231,8 +244,14 @@ impl PagedAttention {
                     imp: Imp::Avx2Fma(ops),
                 })
                 .ok_or(unavailable),
+            #[cfg(target_arch = "x86_64")]
+            AttentionBackend::Avx512 => avx512::Avx512::detect()
+                .map(|ops| PagedAttention {
+                    imp: Imp::Avx512(ops),
+                })
+                .ok_or(unavailable),
             #[cfg(not(target_arch = "x86_64"))]
-            AttentionBackend::Avx2Fma => Err(unavailable),
+            AttentionBackend::Avx2Fma | AttentionBackend::Avx512 => Err(unavailable),
         }
     }
 
@@ -242,6 +261,8 @@ impl PagedAttention {
             Imp::Scalar(_) => AttentionBackend::Scalar,
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2Fma(_) => AttentionBackend::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => AttentionBackend::Avx512,
         }
     }
 
@@ -387,6 +408,8 @@ impl PagedAttention {
             Imp::Scalar(ops) => kernel::attend(ops, job, q, out, s),
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2Fma(ops) => ops.attend(job, q, out, s),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(ops) => ops.attend(job, q, out, s),
         }
     }
 }
@@ -419,7 +442,7 @@ impl<'a> Call<'a> {
 
 /// A stored element type every backend of this build can read.
 #[cfg(target_arch = "x86_64")]
-trait Element: x86::Load8 {}
+trait Element: avx512::Load16 {}
 /// A stored element type every backend of this build can read.
 #[cfg(not(target_arch = "x86_64"))]
 trait Element: KvElement {}

@@ -284,6 +284,29 @@ fn qk_rows<E: Load8, const N: usize>(
         store_lanes(&out, s, n, j);
         j += 16;
     }
+    qk_tail::<E, N>(q, keys, d, s, j);
+}
+
+/// Keys `j..n` of [`qk_rows`]: eight at a time while their rows stay inside the run, then one
+/// at a time (the same operations per key as the vector lanes). The AVX-512 backend ends its
+/// 16-key vectors here too.
+// `t` indexes query rows and score rows in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+pub(super) fn qk_tail<E: Load8, const N: usize>(
+    q: &[f32],
+    keys: Keys<'_, E>,
+    d: usize,
+    s: &mut [f32],
+    mut j: usize,
+) {
+    let Keys {
+        run,
+        stride,
+        first,
+        n,
+    } = keys;
+    assert!(q.len() == N * d && s.len() == N * n);
     while j < n && first + j + 8 <= stride && d > 0 {
         let out = qk_lanes::<E, N, 1>(q, run, stride, first + j, d);
         store_lanes(&out, s, n, j);
@@ -409,8 +432,23 @@ fn dot_split(q: &[f32], key: impl Fn(usize) -> f32) -> f32 {
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn pv_rows<E: Load8, const N: usize>(_: Avx2Fma, p: &[f32], v: &[E], d: usize, acc: &mut [f32]) {
+    pv_columns::<E, N>(p, v, d, acc, 0);
+}
+
+/// Output columns `from..d` of [`pv_rows`] (`from` a multiple of 8): the AVX-512 backend
+/// hands the columns left after its 16-wide ones to this.
+// `t` indexes several accumulator arrays and pointer offsets in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+pub(super) fn pv_columns<E: Load8, const N: usize>(
+    p: &[f32],
+    v: &[E],
+    d: usize,
+    acc: &mut [f32],
+    from: usize,
+) {
     let n = v.len() / d;
-    assert!(p.len() == N * n && acc.len() == N * d && v.len() == n * d);
+    assert!(p.len() == N * n && acc.len() == N * d && v.len() == n * d && from.is_multiple_of(8));
     let (d16, d8) = (d & !15, d & !7);
     let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
     // SAFETY: AVX2/FMA/F16C are present (the `Avx2Fma` argument). With the lengths asserted
@@ -418,7 +456,7 @@ fn pv_rows<E: Load8, const N: usize>(_: Avx2Fma, p: &[f32], v: &[E], d: usize, a
     // 8 elements of row j of `v` with c + 8(w + 1) <= d16 or <= d8, both <= d; `ap.add(t * d + c
     // + 8w)` likewise stays in row t of `acc`, which this function borrows exclusively.
     unsafe {
-        let mut c = 0;
+        let mut c = from;
         while c < d8 {
             // Two 8-wide columns when they fit, else one.
             let w = if c < d16 { 2 } else { 1 };

@@ -24,6 +24,9 @@ pub(super) const TILE_TOKENS: usize = 16;
 /// the slice's weights while they sit in L1, and its 4 x 32 x 16 inputs (8 KiB) with them.
 const SLICE_BLOCKS: usize = 4;
 
+/// How many blocks ahead [`Tile::run`] prefetches the packed weights.
+const PREFETCH_BLOCKS: usize = 4;
+
 /// Many-token kernel over panel `p`, straight from the packed weights: `acc[token][16]`, with
 /// the `n` tokens' inputs in tiles, `x_tiles[tile][input][TILE_TOKENS]`.
 pub(super) fn many_tokens(
@@ -124,6 +127,13 @@ impl Tile {
         unsafe {
             for b in blocks {
                 let block = self.panel.add(b * self.block_bytes);
+                // The weights stream from memory once per step: ask for the block
+                // PREFETCH_BLOCKS ahead (past the panel's end it is the next panel's, which
+                // this thread usually computes next; a prefetch never faults).
+                let ahead = block.wrapping_add(PREFETCH_BLOCKS * self.block_bytes);
+                for line in (0..self.block_bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
                 let quants = block.add(WeightFormat::QUANTS);
                 let x = self.x.add(b * QBLOCK * TILE_TOKENS);
                 let mut part = [_mm512_setzero_ps(); T];

@@ -67,6 +67,8 @@ mod x86;
 
 use rayon::prelude::*;
 
+use crate::simd::SimdLevel;
+
 pub use pack::PackError;
 
 /// Inputs per quantisation block.
@@ -457,33 +459,21 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, capped by `KVMESH_MAX_SIMD` (`scalar`, `avx2`;
-    /// read once) for comparing kernels on one machine.
+    /// The fastest kernel this CPU runs, within `KVMESH_MAX_SIMD` (`simd.rs`).
     fn detect() -> Self {
-        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let best = Kernel::best_supported();
-            match std::env::var("KVMESH_MAX_SIMD").as_deref() {
-                Ok("scalar") => Kernel::Scalar,
-                #[cfg(target_arch = "x86_64")]
-                Ok("avx2") if best == Kernel::Avx512 => Kernel::Avx2,
-                _ => best,
-            }
-        })
+        Kernel::at(crate::simd::max_level())
     }
 
-    fn best_supported() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            return Kernel::Avx2;
+    fn at(level: SimdLevel) -> Self {
+        match level {
+            SimdLevel::Scalar => Kernel::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => Kernel::Avx512,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => Kernel::Scalar,
         }
-        Kernel::Scalar
     }
 
     /// Every kernel this CPU runs, slowest first (the tests compare them all).
@@ -496,7 +486,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512,
         ];
-        let best = Kernel::best_supported();
+        let best = Kernel::at(crate::simd::cpu_level());
         let n = all.iter().position(|&k| k == best).map_or(1, |i| i + 1);
         all[..n].to_vec()
     }
