@@ -960,7 +960,6 @@ fn backend_selection() {
     // The best backend is the last one available.
     let last = AttentionBackend::ALL
         .into_iter()
-        .filter(|b| b.is_available())
-        .last();
+        .rfind(|b| b.is_available());
     assert_eq!(Some(best), last);
 }
