@@ -223,6 +223,8 @@ pub struct Engine {
     requests: HashMap<RequestId, Request>,
     next_id: RequestId,
     stats: EngineStats,
+    /// The last step's logits, `[row][vocab]`: one buffer reused every step.
+    logits: Vec<f32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -284,6 +286,7 @@ impl Engine {
             requests: HashMap::new(),
             next_id: 0,
             stats: EngineStats::default(),
+            logits: Vec::new(),
         })
     }
 
@@ -422,14 +425,14 @@ impl Engine {
                 }
             })
             .collect();
-        let logits = self
-            .model
-            .forward(&mut self.cache, &chunks)
+        self.model
+            .forward(&mut self.cache, &chunks, &mut self.logits)
             .map_err(|e| EngineError::Cache(e.to_string()))?;
         drop(chunks);
 
         let mut outputs = Vec::with_capacity(scheduled.len());
-        let mut logits = logits.into_iter();
+        let vocab = self.model.config().vocab_size;
+        let mut logits = self.logits.chunks_exact(vocab);
         let bs = self.cfg.block_size as usize;
         for (id, n) in scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled");
@@ -446,7 +449,7 @@ impl Engine {
                 continue; // prefill continues next step
             }
             let row = logits.next().expect("one row per finished chunk");
-            let token = r.sampler.sample(&row, &r.params);
+            let token = r.sampler.sample(row, &r.params);
             r.tokens.push(token);
             r.hasher.push(token);
             self.stats.generated_tokens += 1;

@@ -336,8 +336,10 @@ impl LlamaModel {
         layers + self.embed.bytes() + self.output.as_ref().map_or(0, PackedLinear::bytes)
     }
 
-    /// Runs one step over `chunks`, writing their K/V into `cache`, and returns the logits of
-    /// the last token of every chunk with `logits` set, in chunk order.
+    /// Runs one step over `chunks`, writing their K/V into `cache`, and puts into `logits` the
+    /// logits of the last token of every chunk with `logits` set, in chunk order: one row of
+    /// `vocab_size` each. `logits` is resized to fit; pass the same buffer every step, so that
+    /// a batch's rows (3 MiB at batch 16) are not allocated, faulted in and zeroed each time.
     ///
     /// Errors (and changes nothing in later layers) when a block table does not cover its
     /// chunk or the cache does not match the model.
@@ -348,10 +350,11 @@ impl LlamaModel {
         &self,
         cache: &mut KvCache,
         chunks: &[Chunk<'_>],
-    ) -> Result<Vec<Vec<f32>>, KvCacheError> {
+        logits: &mut Vec<f32>,
+    ) -> Result<(), KvCacheError> {
         match &self.pool {
-            Some(pool) => pool.install(|| self.forward_here(cache, chunks)),
-            None => self.forward_here(cache, chunks),
+            Some(pool) => pool.install(|| self.forward_here(cache, chunks, logits)),
+            None => self.forward_here(cache, chunks, logits),
         }
     }
 
@@ -361,7 +364,8 @@ impl LlamaModel {
         &self,
         cache: &mut KvCache,
         chunks: &[Chunk<'_>],
-    ) -> Result<Vec<Vec<f32>>, KvCacheError> {
+        logits: &mut Vec<f32>,
+    ) -> Result<(), KvCacheError> {
         let cfg = &self.cfg;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -369,15 +373,17 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
 
         let mut x = Vec::with_capacity(n * h);
-        let mut positions = Vec::with_capacity(n);
+        // `[token][head_dim / 2]` RoPE angles.
+        let mut angles = Vec::with_capacity(n * self.inv_freq.len());
         for c in chunks {
             for (i, &t) in c.tokens.iter().enumerate() {
                 let at = x.len();
                 x.resize(at + h, 0.0);
                 self.embed.dequantize_row(t as usize, &mut x[at..]);
-                positions.push(c.start + i);
+                rope_angles(&self.inv_freq, c.start + i, &mut angles);
             }
         }
+        let pairs = self.inv_freq.len();
         let qkv_dim = q_dim + 2 * kv_dim;
         let ffn = cfg.intermediate_size;
         let mut normed = vec![0.0; n * h];
@@ -399,16 +405,9 @@ impl LlamaModel {
                 q[t * q_dim..(t + 1) * q_dim].copy_from_slice(qr);
                 k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(kr);
                 v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(vr);
-                rope(
-                    &mut q[t * q_dim..(t + 1) * q_dim],
-                    &self.inv_freq,
-                    positions[t],
-                );
-                rope(
-                    &mut k[t * kv_dim..(t + 1) * kv_dim],
-                    &self.inv_freq,
-                    positions[t],
-                );
+                let angles = &angles[t * pairs..(t + 1) * pairs];
+                rope(&mut q[t * q_dim..(t + 1) * q_dim], angles);
+                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], angles);
             }
             let mut row = 0;
             for c in chunks {
@@ -452,14 +451,11 @@ impl LlamaModel {
         let m = last_rows.len() / h;
         let mut normed_last = vec![0.0; m * h];
         rms_norm(&last_rows, &self.out_norm, cfg.rms_eps, &mut normed_last);
-        let mut logits = vec![0.0; m * cfg.vocab_size];
+        // Every element is written by the product: resizing needs no clearing.
+        logits.resize(m * cfg.vocab_size, 0.0);
         let output = self.output.as_ref().unwrap_or(&self.embed);
-        output.forward(&normed_last, m, &mut logits, self.threads);
-        let results: Vec<Vec<f32>> = logits
-            .chunks_exact(cfg.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect();
-        Ok(results)
+        output.forward(&normed_last, m, logits, self.threads);
+        Ok(())
     }
 
     /// Attention of every chunk's query rows over its cached keys and values, in parallel:
@@ -541,15 +537,19 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates adjacent pairs of every head vector in `x` by the angles of `pos`.
-fn rope(x: &mut [f32], inv_freq: &[f32], pos: usize) {
-    let head_dim = 2 * inv_freq.len();
-    for head in x.chunks_exact_mut(head_dim) {
-        for (i, &freq) in inv_freq.iter().enumerate() {
-            let (sin, cos) = (pos as f32 * freq).sin_cos();
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos - b * sin;
-            head[2 * i + 1] = a * sin + b * cos;
+/// The RoPE angles of `pos`: `(sin, cos)` of `pos x freq` for every frequency. Computed once
+/// per token and step, then used by every layer and head.
+fn rope_angles(inv_freq: &[f32], pos: usize, out: &mut Vec<(f32, f32)>) {
+    out.extend(inv_freq.iter().map(|&freq| (pos as f32 * freq).sin_cos()));
+}
+
+/// Rotates adjacent pairs of every head vector in `x` by `angles` (from [`rope_angles`]).
+fn rope(x: &mut [f32], angles: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(2 * angles.len()) {
+        for (pair, &(sin, cos)) in head.chunks_exact_mut(2).zip(angles) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos - b * sin;
+            pair[1] = a * sin + b * cos;
         }
     }
 }
