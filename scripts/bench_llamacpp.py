@@ -81,6 +81,18 @@ def kvmesh_row(k):
     }
 
 
+def llamacpp_system_info():
+    """The SIMD features llama.cpp was built with (it compiles for the installing CPU)."""
+    try:
+        from llama_cpp import llama_cpp
+
+        info = llama_cpp.llama_print_system_info().decode()
+        on = [f.split("=")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
+        return " ".join(name.split(":")[-1].strip() for name in on) or info.strip()
+    except Exception as e:  # older bindings: the numbers still stand
+        return f"system info unavailable ({e})"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -97,8 +109,11 @@ def main():
 
     llm = load_llamacpp(args.model, args.threads)
     best_k, best_l = {}, {}
+    simd = "?"
     for r in range(args.rounds):
-        k = kvmesh_row(kvmesh_numbers(args.kvmesh, args.threads))
+        raw = kvmesh_numbers(args.kvmesh, args.threads)
+        simd = raw.get("simd", simd)
+        k = kvmesh_row(raw)
         l = llamacpp_numbers(llm, args.decode_tokens)
         print(f"round {r + 1}: kvmesh prefill {k['prefill_512']:.1f}, b1 "
               f"{k['decode_b1_ctx512']:.1f}, b16 {k['decode_b16_ctx512']:.1f}; llama.cpp "
@@ -116,6 +131,7 @@ def main():
         ("decode batch 16 vs llama.cpp batch 1", k["decode_b16_ctx512"], l["decode_b1_ctx512"]),
     ]
     print(f"threads {args.threads}, model {args.model}, best of {args.rounds} alternating rounds")
+    print(f"kvmesh kernels: {simd}; llama.cpp: {llamacpp_system_info()}")
     print(f"{'':40} {'kvmesh':>10} {'llama.cpp':>10} {'ratio':>7}")
     for name, a, b in rows:
         print(f"{name:40} {a:10.1f} {b:10.1f} {a / b:7.2f}")

@@ -206,20 +206,32 @@ fn main() {
         return;
     }
     println!();
-    println!("portable vs SIMD (best of 5 interleaved rounds, per call):");
-    println!(
-        "{:<8} {:<24} {:>12} {:>12} {:>7}",
-        "kernel", "case", "scalar us", "simd us", "ratio"
-    );
+    println!("portable vs SIMD backends (best of 5 interleaved rounds, per call, us):");
+    let names: Vec<String> = backends
+        .iter()
+        .map(|a| a.backend().name().to_string())
+        .collect();
+    let last = names.len() - 1;
+    let mut header = format!("{:<8} {:<24}", "kernel", "case");
+    for n in &names {
+        header += &format!(" {n:>10}");
+    }
+    header += &format!(" {:>16}", format!("{}/{}", names[0], names[last]));
+    if last >= 2 {
+        header += &format!(" {:>16}", format!("{}/{}", names[last - 1], names[last]));
+    }
+    println!("{header}");
     for case in &cases {
         let t = best_times(case, &backends);
-        println!(
-            "{:<8} {:<24} {:>12.1} {:>12.1} {:>6.2}x",
-            case.group,
-            case.name,
-            t[0].as_secs_f64() * 1e6,
-            t[1].as_secs_f64() * 1e6,
-            t[0].as_secs_f64() / t[1].as_secs_f64()
-        );
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let mut line = format!("{:<8} {:<24}", case.group, case.name);
+        for &d in &t {
+            line += &format!(" {:>10.1}", us(d));
+        }
+        line += &format!(" {:>15.2}x", us(t[0]) / us(t[last]));
+        if last >= 2 {
+            line += &format!(" {:>15.2}x", us(t[last - 1]) / us(t[last]));
+        }
+        println!("{line}");
     }
 }

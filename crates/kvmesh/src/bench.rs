@@ -21,7 +21,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use kvmesh_core::KvDtype;
 use kvmesh_engine::{
-    Engine, EngineConfig, GgufFile, LlamaModel, SamplingParams, Tokenizer, DEFAULT_MODEL,
+    Engine, EngineConfig, GgufFile, LlamaModel, PagedAttention, SamplingParams, Tokenizer,
+    DEFAULT_MODEL,
 };
 use serde::Serialize;
 
@@ -37,6 +38,9 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 enum BenchTarget {
     /// Prefill and decode throughput and prefix-cache TTFT of the CPU engine on the real model
+    ///
+    /// The kernels use the widest SIMD the CPU has (AVX-512, else AVX2); set the environment
+    /// variable KVMESH_MAX_SIMD=avx2 (or scalar) to measure a narrower set on the same machine.
     Engine(EngineBenchArgs),
 }
 
@@ -69,6 +73,9 @@ pub struct EngineBenchArgs {
 #[derive(Debug, Serialize)]
 struct Report {
     threads: usize,
+    /// The SIMD level the kernels run at (`avx512`, `avx2-fma` or `scalar`; see
+    /// `KVMESH_MAX_SIMD`).
+    simd: String,
     kv_cache_dtype: String,
     /// Measurements per number (the best is reported).
     repeat: u32,
@@ -201,6 +208,7 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
 
     let report = Report {
         threads,
+        simd: PagedAttention::new().backend().to_string(),
         kv_cache_dtype: args.kv_cache_dtype.to_string(),
         repeat: args.repeat,
         weights_mib: model.weight_bytes() as f64 / (1 << 20) as f64,
@@ -215,8 +223,13 @@ fn engine(args: &EngineBenchArgs) -> Result<String> {
         return Ok(serde_json::to_string_pretty(&report)? + "\n");
     }
     let mut out = format!(
-        "kvmesh engine on {} ({} threads, weights {:.0} MiB, {} KV cache, best of {})\n\n",
-        spec.name, report.threads, report.weights_mib, report.kv_cache_dtype, report.repeat
+        "kvmesh engine on {} ({} threads, {} kernels, weights {:.0} MiB, {} KV cache, best of {})\n\n",
+        spec.name,
+        report.threads,
+        report.simd,
+        report.weights_mib,
+        report.kv_cache_dtype,
+        report.repeat
     );
     for p in &report.prefill {
         out += &format!(

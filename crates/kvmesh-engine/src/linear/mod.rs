@@ -49,12 +49,20 @@
 //!   inputs are repacked once per call as `[tile][input][6]`, one sequential stream per
 //!   tile, and the panel is swept in slices of 4 blocks (8 KiB) that stay in L1 while every
 //!   token tile passes. The conversion is paid once per panel and call, not per token.
+//!   With AVX-512 (`avx512.rs`) a 16-row panel is one register, so a 16-token x 16-row tile
+//!   is 16 accumulators and each FMA takes its token's input as an embedded broadcast; the
+//!   integers are then converted in registers for every tile (3 operations per 16 FMAs)
+//!   instead of through the scratch panel, whose write and re-read cost as much as the FMAs
+//!   at 16 tokens; the next blocks' weights are prefetched. Batch-16 decode steps went from
+//!   ~50-57 to ~31-38 ms with this and the AVX-512 attention (2026-12-02, `docs/bench/engine.md`).
+//!   The few-token kernel stays AVX2: single-token decode streams 94 MiB of weights per token,
+//!   near the machine's memory bandwidth, so wider FMAs would not show.
 //!
 //! Panels are split across threads with rayon; each thread writes only its own panels'
 //! columns of the output.
 //!
 //! A scalar version of both kernels (`scalar.rs`) defines the arithmetic and runs on CPUs
-//! without AVX2 and FMA; the tests check the SIMD kernels against it bit for bit.
+//! without AVX2 and FMA; the tests check every SIMD kernel the CPU has against it bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
