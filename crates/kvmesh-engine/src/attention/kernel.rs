@@ -253,17 +253,20 @@ pub(super) fn attend<E: KvElement, O: VecOps<E>>(
                 let slot = pos % bs;
                 let n = KEY_TILE.min(bs - slot).min(end - pos);
                 let block = job.table[pos / bs];
-                if slot == 0 && pos + bs < end {
-                    // Blocks sit anywhere in the cache, so the hardware prefetcher cannot
-                    // guess the next one; batched decode reads far more KV than fits in cache.
-                    let next = job.table[pos / bs + 1];
-                    for h in pass_heads.clone() {
+                // Blocks sit anywhere in the cache, so the hardware prefetcher cannot guess the
+                // next one; batched decode reads far more KV than fits in cache.
+                let next = (slot == 0 && pos + bs < end).then(|| job.table[pos / bs + 1]);
+                for (hh, h) in pass_heads.clone().enumerate() {
+                    // This head's runs in the next block, one head at a time: spread over the
+                    // block's work, the requests reach memory while it computes. One burst of
+                    // every head's lines at the block's start left many waiting: 30-layer
+                    // batch-16 decode attention read ~18-19 GB/s that way, ~24-26 this way
+                    // (`docs/bench/engine.md`).
+                    if let Some(next) = next {
                         let (k, v) = job.rows(job.head_runs(next, job.kv_heads.start + h as u32));
                         ops.prefetch(k);
                         ops.prefetch(v);
                     }
-                }
-                for (hh, h) in pass_heads.clone().enumerate() {
                     let runs = job.head_runs(block, job.kv_heads.start + h as u32);
                     let (keys, values) = job.rows(runs);
                     let k = Keys {
