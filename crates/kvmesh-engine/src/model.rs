@@ -39,6 +39,49 @@ use crate::quant::GgmlType;
 /// Query rows per attention work item when a prefill chunk is split across threads.
 const ATTENTION_ROWS: usize = 32;
 
+/// A step's activations through a layer, `n` tokens; the buffers are reused from layer to
+/// layer.
+struct Activations {
+    n: usize,
+    /// The residual stream, `[n][hidden]`.
+    x: Vec<f32>,
+    /// RoPE angles, `[n][head_dim / 2]`.
+    angles: Vec<(f32, f32)>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Writes this layer's K/V rows of every chunk (`a.k`, `a.v`) into the cache.
+fn write_kv(
+    cache: &mut KvCache,
+    layer: u32,
+    chunks: &[Chunk<'_>],
+    a: &Activations,
+    kv_dim: usize,
+) -> Result<(), KvCacheError> {
+    let mut row = 0;
+    for c in chunks {
+        let len = c.tokens.len();
+        let rows = row * kv_dim..(row + len) * kv_dim;
+        cache.write_tokens(
+            layer,
+            c.block_table,
+            c.start,
+            &a.k[rows.clone()],
+            &a.v[rows],
+        )?;
+        row += len;
+    }
+    Ok(())
+}
+
 /// Hyper-parameters of a llama-architecture model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -359,21 +402,41 @@ impl LlamaModel {
     }
 
     /// [`forward`](Self::forward) on the current thread (a worker of `pool` when there is
-    /// one).
+    /// one): the layers once over all tokens, each linear layer and the attention split
+    /// across threads.
     fn forward_here(
         &self,
         cache: &mut KvCache,
         chunks: &[Chunk<'_>],
         logits: &mut Vec<f32>,
     ) -> Result<(), KvCacheError> {
+        let rows = chunks
+            .iter()
+            .filter(|c| c.logits && !c.tokens.is_empty())
+            .count();
+        logits.resize(rows * self.cfg.vocab_size, 0.0);
+        let mut a = self.embed(chunks);
+        for (li, layer) in self.layers.iter().enumerate() {
+            self.qkv(layer, &mut a);
+            write_kv(cache, li as u32, chunks, &a, self.kv_dim())?;
+            self.attention_and_mlp(layer, li as u32, cache, chunks, &mut a)?;
+        }
+        self.logits(chunks, &a, logits);
+        Ok(())
+    }
+
+    /// Elements of one token's keys (or values) in one layer.
+    fn kv_dim(&self) -> usize {
+        self.cfg.num_kv_heads * self.cfg.head_dim
+    }
+
+    /// The chunks' token embeddings and RoPE angles, with buffers for one layer's activations.
+    fn embed(&self, chunks: &[Chunk<'_>]) -> Activations {
         let cfg = &self.cfg;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (q_dim, kv_dim) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let (q_dim, kv_dim) = (cfg.num_heads * hd, self.kv_dim());
         let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let scale = 1.0 / (hd as f32).sqrt();
-
         let mut x = Vec::with_capacity(n * h);
-        // `[token][head_dim / 2]` RoPE angles.
         let mut angles = Vec::with_capacity(n * self.inv_freq.len());
         for c in chunks {
             for (i, &t) in c.tokens.iter().enumerate() {
@@ -383,79 +446,105 @@ impl LlamaModel {
                 rope_angles(&self.inv_freq, c.start + i, &mut angles);
             }
         }
-        let pairs = self.inv_freq.len();
-        let qkv_dim = q_dim + 2 * kv_dim;
         let ffn = cfg.intermediate_size;
-        let mut normed = vec![0.0; n * h];
-        let mut qkv = vec![0.0; n * qkv_dim];
-        let mut q = vec![0.0; n * q_dim];
-        let mut k = vec![0.0; n * kv_dim];
-        let mut v = vec![0.0; n * kv_dim];
-        let mut attn = vec![0.0; n * q_dim];
-        let mut proj = vec![0.0; n * h];
-        let mut gate_up = vec![0.0; n * 2 * ffn];
-        let mut act = vec![0.0; n * ffn];
-
-        for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, cfg.rms_eps, &mut normed);
-            layer.wqkv.forward(&normed, n, &mut qkv, self.threads);
-            for (t, row) in qkv.chunks_exact(qkv_dim).enumerate() {
-                let (qr, kv) = row.split_at(q_dim);
-                let (kr, vr) = kv.split_at(kv_dim);
-                q[t * q_dim..(t + 1) * q_dim].copy_from_slice(qr);
-                k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(kr);
-                v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(vr);
-                let angles = &angles[t * pairs..(t + 1) * pairs];
-                rope(&mut q[t * q_dim..(t + 1) * q_dim], angles);
-                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], angles);
-            }
-            let mut row = 0;
-            for c in chunks {
-                let len = c.tokens.len();
-                cache.write_tokens(
-                    li as u32,
-                    c.block_table,
-                    c.start,
-                    &k[row * kv_dim..(row + len) * kv_dim],
-                    &v[row * kv_dim..(row + len) * kv_dim],
-                )?;
-                row += len;
-            }
-            self.attend_all(cache, li as u32, chunks, &q, &mut attn, scale)?;
-            layer.wo.forward(&attn, n, &mut proj, self.threads);
-            add_assign(&mut x, &proj);
-
-            rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, &mut normed);
-            layer
-                .w_gate_up
-                .forward(&normed, n, &mut gate_up, self.threads);
-            for (a, gu) in act.chunks_exact_mut(ffn).zip(gate_up.chunks_exact(2 * ffn)) {
-                let (g, u) = gu.split_at(ffn);
-                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
-            }
-            layer.w_down.forward(&act, n, &mut proj, self.threads);
-            add_assign(&mut x, &proj);
+        Activations {
+            n,
+            x,
+            angles,
+            normed: vec![0.0; n * h],
+            qkv: vec![0.0; n * (q_dim + 2 * kv_dim)],
+            q: vec![0.0; n * q_dim],
+            k: vec![0.0; n * kv_dim],
+            v: vec![0.0; n * kv_dim],
+            attn: vec![0.0; n * q_dim],
+            proj: vec![0.0; n * h],
+            gate_up: vec![0.0; n * 2 * ffn],
+            act: vec![0.0; n * ffn],
         }
+    }
 
-        // Logits only for the chunks that sample, all in one product.
+    /// Norm, Q/K/V projection and RoPE of one layer: fills `a.q`, `a.k`, `a.v`.
+    fn qkv(&self, layer: &Layer, a: &mut Activations) {
+        let cfg = &self.cfg;
+        let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, self.kv_dim());
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let pairs = self.inv_freq.len();
+        rms_norm(&a.x, &layer.attn_norm, cfg.rms_eps, &mut a.normed);
+        layer.wqkv.forward(&a.normed, a.n, &mut a.qkv, self.threads);
+        for (t, row) in a.qkv.chunks_exact(qkv_dim).enumerate() {
+            let (qr, kv) = row.split_at(q_dim);
+            let (kr, vr) = kv.split_at(kv_dim);
+            let (q, k) = (
+                &mut a.q[t * q_dim..][..q_dim],
+                &mut a.k[t * kv_dim..][..kv_dim],
+            );
+            q.copy_from_slice(qr);
+            k.copy_from_slice(kr);
+            a.v[t * kv_dim..][..kv_dim].copy_from_slice(vr);
+            let angles = &a.angles[t * pairs..(t + 1) * pairs];
+            rope(q, angles);
+            rope(k, angles);
+        }
+    }
+
+    /// Attention over the cache (K/V of this layer already written), output projection and
+    /// residual, then norm, SwiGLU feed-forward and residual: `a.x` becomes the layer's output.
+    fn attention_and_mlp(
+        &self,
+        layer: &Layer,
+        li: u32,
+        cache: &KvCache,
+        chunks: &[Chunk<'_>],
+        a: &mut Activations,
+    ) -> Result<(), KvCacheError> {
+        let cfg = &self.cfg;
+        let scale = 1.0 / (cfg.head_dim as f32).sqrt();
+        self.attend_all(cache, li, chunks, &a.q, &mut a.attn, scale)?;
+        layer.wo.forward(&a.attn, a.n, &mut a.proj, self.threads);
+        add_assign(&mut a.x, &a.proj);
+
+        rms_norm(&a.x, &layer.ffn_norm, cfg.rms_eps, &mut a.normed);
+        layer
+            .w_gate_up
+            .forward(&a.normed, a.n, &mut a.gate_up, self.threads);
+        let ffn = cfg.intermediate_size;
+        for (o, gu) in a
+            .act
+            .chunks_exact_mut(ffn)
+            .zip(a.gate_up.chunks_exact(2 * ffn))
+        {
+            let (g, u) = gu.split_at(ffn);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        layer.w_down.forward(&a.act, a.n, &mut a.proj, self.threads);
+        add_assign(&mut a.x, &a.proj);
+        Ok(())
+    }
+
+    /// Final norm and output projection of the last token of every chunk that samples, into
+    /// `out` (`[row][vocab]`, sized by the caller).
+    fn logits(&self, chunks: &[Chunk<'_>], a: &Activations, out: &mut [f32]) {
+        let h = self.cfg.hidden_size;
         let mut last_rows = Vec::new();
         let mut row = 0;
         for c in chunks {
             row += c.tokens.len();
             if c.logits && !c.tokens.is_empty() {
-                last_rows.extend_from_slice(&x[(row - 1) * h..row * h]);
+                last_rows.extend_from_slice(&a.x[(row - 1) * h..row * h]);
             }
         }
         let m = last_rows.len() / h;
         let mut normed_last = vec![0.0; m * h];
-        rms_norm(&last_rows, &self.out_norm, cfg.rms_eps, &mut normed_last);
-        // Every element is written by the product: resizing needs no clearing.
-        logits.resize(m * cfg.vocab_size, 0.0);
+        rms_norm(
+            &last_rows,
+            &self.out_norm,
+            self.cfg.rms_eps,
+            &mut normed_last,
+        );
         let output = self.output.as_ref().unwrap_or(&self.embed);
-        output.forward(&normed_last, m, logits, self.threads);
-        Ok(())
+        output.forward(&normed_last, m, out, self.threads);
     }
 
     /// Attention of every chunk's query rows over its cached keys and values, in parallel:
