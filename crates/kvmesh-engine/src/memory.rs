@@ -10,10 +10,12 @@
 //!   `/sys/fs/cgroup` (pure v2) or `/sys/fs/cgroup/unified` (hybrid); `max` means no limit,
 //!   and a missing or unreadable file means none at that level (a container often sees only
 //!   its own cgroup);
+//! - the cgroup v1 limit: `memory.limit_in_bytes` of the cgroup on the `memory` controller's
+//!   line (`4:memory:<path>`) and of its ancestors under `/sys/fs/cgroup/memory`, *including*
+//!   the mount's root: a container on a v1 host sees its own cgroup mounted there while
+//!   `/proc/self/cgroup` names the host's path, which does not resolve inside it. Values of
+//!   2^62 bytes and more are the kernel's "unlimited" (it prints 9223372036854771712);
 //! - `MemTotal` from `/proc/meminfo`, which must be readable (not Linux: an error).
-//!
-//! cgroup v1's `memory.limit_in_bytes` is not read: v1 hierarchies are legacy, and their
-//! paths inside a container often do not resolve. On a v1 host the limit is `MemTotal`.
 //!
 //! # The budget
 //!
@@ -31,6 +33,10 @@ use thiserror::Error;
 const PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
 const PROC_MEMINFO: &str = "/proc/meminfo";
 const CGROUP_V2_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+const CGROUP_V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
+/// cgroup v1 limits at or above this are "no limit" (the kernel's page-counter maximum,
+/// 2^63 rounded down to a page, is what an unlimited cgroup reports).
+const V1_UNLIMITED: u64 = 1 << 62;
 
 /// Why the memory limit or a KV budget from it could not be determined.
 #[derive(Debug, Error)]
@@ -78,6 +84,8 @@ pub enum MemoryError {
 pub enum MemoryLimitSource {
     /// A cgroup v2 `memory.max` (this file).
     CgroupV2(PathBuf),
+    /// A cgroup v1 `memory.limit_in_bytes` (this file).
+    CgroupV1(PathBuf),
     /// `MemTotal` in `/proc/meminfo`.
     MemTotal,
 }
@@ -95,7 +103,9 @@ impl std::fmt::Display for MemoryLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gib = self.bytes as f64 / (1u64 << 30) as f64;
         match &self.source {
-            MemoryLimitSource::CgroupV2(path) => write!(f, "{gib:.2} GiB ({})", path.display()),
+            MemoryLimitSource::CgroupV2(path) | MemoryLimitSource::CgroupV1(path) => {
+                write!(f, "{gib:.2} GiB ({})", path.display())
+            }
             MemoryLimitSource::MemTotal => write!(f, "{gib:.2} GiB (MemTotal)"),
         }
     }
@@ -110,19 +120,25 @@ impl MemoryLimit {
         })?;
         // No /proc/self/cgroup (not Linux, or no cgroups): no cgroup limit.
         let cgroup = std::fs::read_to_string(PROC_SELF_CGROUP).unwrap_or_default();
-        let root = CGROUP_V2_ROOTS
-            .iter()
-            .map(Path::new)
-            .find(|r| r.join("cgroup.controllers").is_file());
-        Self::from_contents(&meminfo, &cgroup, root, |p| std::fs::read_to_string(p).ok())
+        let roots = CgroupRoots {
+            v2: CGROUP_V2_ROOTS
+                .iter()
+                .map(Path::new)
+                .find(|r| r.join("cgroup.controllers").is_file()),
+            v1_memory: Some(Path::new(CGROUP_V1_MEMORY_ROOT))
+                .filter(|r| r.join("memory.limit_in_bytes").is_file()),
+        };
+        Self::from_contents(&meminfo, &cgroup, roots, |p| {
+            std::fs::read_to_string(p).ok()
+        })
     }
 
-    /// The limit from the contents of `/proc/meminfo` and `/proc/self/cgroup`, the cgroup v2
-    /// mount `root` (if any) and `read` for the `memory.max` files (`None`: absent).
+    /// The limit from the contents of `/proc/meminfo` and `/proc/self/cgroup`, the cgroup
+    /// mounts `roots` and `read` for the limit files (`None`: absent).
     fn from_contents(
         meminfo: &str,
         proc_self_cgroup: &str,
-        root: Option<&Path>,
+        roots: CgroupRoots<'_>,
         mut read: impl FnMut(&Path) -> Option<String>,
     ) -> Result<Self, MemoryError> {
         let total = parse_mem_total(meminfo).map_err(|what| MemoryError::Malformed {
@@ -133,31 +149,69 @@ impl MemoryLimit {
             bytes: total,
             source: MemoryLimitSource::MemTotal,
         };
-        let (Some(root), Some(path)) = (root, cgroup_v2_path(proc_self_cgroup)) else {
-            return Ok(best);
-        };
-        // The cgroup and its ancestors, the cgroup's own `memory.max` first.
-        let mut dir = root.join(path.trim_start_matches('/'));
-        while dir.starts_with(root) && dir != root {
-            let file = dir.join("memory.max");
-            if let Some(text) = read(&file) {
-                let max = parse_memory_max(&text).map_err(|what| MemoryError::Malformed {
-                    path: file.clone(),
-                    what,
-                })?;
-                if let Some(bytes) = max.filter(|&b| b < best.bytes) {
-                    best = MemoryLimit {
-                        bytes,
-                        source: MemoryLimitSource::CgroupV2(file),
-                    };
+        if let (Some(root), Some(path)) = (roots.v2, cgroup_v2_path(proc_self_cgroup)) {
+            // The v2 root has no `memory.max`.
+            for file in limit_files(root, path, "memory.max", false) {
+                if let Some(text) = read(&file) {
+                    let max = parse_memory_max(&text).map_err(|what| MemoryError::Malformed {
+                        path: file.clone(),
+                        what,
+                    })?;
+                    if let Some(bytes) = max.filter(|&b| b < best.bytes) {
+                        best = MemoryLimit {
+                            bytes,
+                            source: MemoryLimitSource::CgroupV2(file),
+                        };
+                    }
                 }
             }
-            if !dir.pop() {
-                break;
+        }
+        if let (Some(root), Some(path)) = (roots.v1_memory, cgroup_v1_memory_path(proc_self_cgroup))
+        {
+            for file in limit_files(root, path, "memory.limit_in_bytes", true) {
+                if let Some(text) = read(&file) {
+                    let bytes =
+                        parse_limit_in_bytes(&text).map_err(|what| MemoryError::Malformed {
+                            path: file.clone(),
+                            what,
+                        })?;
+                    if bytes < V1_UNLIMITED && bytes < best.bytes {
+                        best = MemoryLimit {
+                            bytes,
+                            source: MemoryLimitSource::CgroupV1(file),
+                        };
+                    }
+                }
             }
         }
         Ok(best)
     }
+}
+
+/// Where the cgroup hierarchies are mounted (`None`: not mounted).
+#[derive(Debug, Clone, Copy)]
+struct CgroupRoots<'a> {
+    /// The v2 (unified) mount.
+    v2: Option<&'a Path>,
+    /// The v1 `memory` controller's mount.
+    v1_memory: Option<&'a Path>,
+}
+
+/// `file` in the cgroup `path` under `root` and in each ancestor, the cgroup's own first; the
+/// root's own file last when `with_root`. A path that climbs out of `root` gives nothing.
+fn limit_files(root: &Path, path: &str, file: &str, with_root: bool) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dir = root.join(path.trim_start_matches('/'));
+    while dir.starts_with(root) && dir != root {
+        files.push(dir.join(file));
+        if !dir.pop() {
+            break;
+        }
+    }
+    if with_root && dir == root {
+        files.push(root.join(file));
+    }
+    files
 }
 
 /// `MemTotal` in bytes from the contents of `/proc/meminfo` (`MemTotal:  24683656 kB`).
@@ -187,6 +241,30 @@ fn cgroup_v2_path(proc_self_cgroup: &str) -> Option<&str> {
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::trim)
         .filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+}
+
+/// The cgroup v1 path of the `memory` controller from the contents of `/proc/self/cgroup`:
+/// the line `<id>:<controllers>:<path>` whose comma-separated controllers include `memory`.
+fn cgroup_v1_memory_path(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        })
+        .map(str::trim)
+        .filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+}
+
+/// A v1 `memory.limit_in_bytes` file's contents: bytes (see [`V1_UNLIMITED`]).
+fn parse_limit_in_bytes(text: &str) -> Result<u64, String> {
+    let v = text.trim();
+    v.parse()
+        .map_err(|_| format!("memory.limit_in_bytes is {v:?}, not a byte count"))
 }
 
 /// A `memory.max` file's contents: bytes, or `None` for `max` (no limit).
@@ -270,9 +348,11 @@ mod tests {
             .iter()
             .map(|(p, c)| (PathBuf::from(p), c.to_string()))
             .collect();
-        MemoryLimit::from_contents(MEMINFO, cgroup, Some(Path::new("/cg")), |p| {
-            files.get(p).cloned()
-        })
+        let roots = CgroupRoots {
+            v2: Some(Path::new("/cg")),
+            v1_memory: Some(Path::new("/v1")),
+        };
+        MemoryLimit::from_contents(MEMINFO, cgroup, roots, |p| files.get(p).cloned())
     }
 
     #[test]
@@ -321,6 +401,69 @@ mod tests {
             detect("0::/../etc\n", &[("/cg/../etc/memory.max", "1")]).unwrap(),
             total
         );
+    }
+
+    #[test]
+    fn cgroup_v1_limits_count_from_the_memory_line_and_the_mount_root() {
+        let total = 24_683_656 * 1024;
+        // This machine's hybrid layout: v1 memory controller, unlimited everywhere.
+        let here = "4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+        let unlimited = "9223372036854771712\n";
+        let limit = detect(
+            here,
+            &[
+                ("/v1/process_api/abc/memory.limit_in_bytes", unlimited),
+                ("/v1/process_api/memory.limit_in_bytes", unlimited),
+                ("/v1/memory.limit_in_bytes", unlimited),
+            ],
+        )
+        .unwrap();
+        assert_eq!(limit.source, MemoryLimitSource::MemTotal);
+        assert_eq!(limit.bytes, total);
+        // A limit on an ancestor binds; controllers may share a line.
+        let limit = detect(
+            "7:cpu,memory:/a/b\n",
+            &[
+                ("/v1/a/b/memory.limit_in_bytes", unlimited),
+                ("/v1/a/memory.limit_in_bytes", "1073741824\n"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            limit,
+            MemoryLimit {
+                bytes: 1 << 30,
+                source: MemoryLimitSource::CgroupV1("/v1/a/memory.limit_in_bytes".into()),
+            }
+        );
+        // In a container the host's path does not resolve; the mount root is its cgroup.
+        let limit = detect(
+            "4:memory:/docker/0123\n",
+            &[("/v1/memory.limit_in_bytes", "536870912")],
+        )
+        .unwrap();
+        assert_eq!(limit.bytes, 512 << 20);
+        // v2 and v1 both set: the lower wins.
+        let limit = detect(
+            "4:memory:/a\n0::/b\n",
+            &[
+                ("/v1/a/memory.limit_in_bytes", "3221225472"),
+                ("/cg/b/memory.max", "2147483648"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            limit.source,
+            MemoryLimitSource::CgroupV2("/cg/b/memory.max".into())
+        );
+        // Garbage is an error; a climbing path or a line without `memory` is ignored.
+        assert!(matches!(
+            detect("4:memory:/a\n", &[("/v1/a/memory.limit_in_bytes", "-1")]),
+            Err(MemoryError::Malformed { .. })
+        ));
+        assert_eq!(cgroup_v1_memory_path("4:memory:/../etc\n"), None);
+        assert_eq!(cgroup_v1_memory_path("3:cpuset:/a\n4:memory\n"), None);
+        assert_eq!(cgroup_v1_memory_path("4:cpu,memory:/x\n"), Some("/x"));
     }
 
     #[test]

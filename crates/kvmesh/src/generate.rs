@@ -5,8 +5,8 @@
 //! (see `kvmesh_engine::Engine::with_tokenizer`); this command only prints.
 //!
 //! The KV budget is one of `--kv-cache-gib` (the default, 0.5 GiB), `--num-blocks`, or
-//! `--kv-cache-memory-fraction` (the fraction of the memory limit, cgroup v2 `memory.max` or
-//! `MemTotal`, that weights and KV may use together; see `kvmesh_engine::MemoryLimit`).
+//! `--kv-cache-memory-fraction` (the fraction of the memory limit, the cgroup v2 or v1 limit
+//! or `MemTotal`, that weights and KV may use together; see `kvmesh_engine::MemoryLimit`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -90,8 +90,9 @@ pub struct GenerateArgs {
     /// KV cache size in blocks
     #[arg(long, group = "kv_budget")]
     num_blocks: Option<usize>,
-    /// Fraction (0 < F <= 1) of the memory limit (cgroup v2 memory.max if lower, else
-    /// MemTotal) for weights and KV cache together; the KV cache gets what the weights leave
+    /// Fraction (0 < F <= 1) of the memory limit (the cgroup v2 memory.max or v1
+    /// memory.limit_in_bytes if lower, else MemTotal) for weights and KV cache together; the KV
+    /// cache gets what the weights leave
     #[arg(long, value_name = "F", group = "kv_budget")]
     kv_cache_memory_fraction: Option<f64>,
     /// Compute threads [default: all cores]
