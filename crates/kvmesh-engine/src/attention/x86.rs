@@ -268,16 +268,10 @@ fn qk_rows<E: Load8, const N: usize>(
     d: usize,
     s: &mut [f32],
 ) {
-    let Keys {
-        run,
-        stride,
-        first,
-        n,
-    } = keys;
-    assert!(q.len() == N * d && s.len() == N * n);
+    let (run, stride, first, n) = (keys.run, keys.stride, keys.first, keys.n);
     assert!(d == 0 || (d - 1) * stride + first + n <= run.len());
     let mut j = 0;
-    // Keys j..j + 8 * V as vectors while their rows stay inside the run (lanes past `n` are
+    // Keys j..j + 16 as two vectors while their rows stay inside the run (lanes past `n` are
     // computed from the next slots of the same block and dropped).
     while j < n && first + j + 16 <= stride && d > 0 {
         let out = qk_lanes::<E, N, 2>(q, run, stride, first + j, d);
