@@ -13,8 +13,10 @@
 use super::kernel::{Keys, VecOps};
 use crate::kv_cache::KvElement;
 
-/// Floats of the stack buffer keys and values are widened into.
+/// Floats of the stack buffer keys and values are widened into. A tile's `n` keys must fit
+/// (`qk` widens whole dims of `n` keys).
 const WIDE: usize = 1024;
+const _: () = assert!(super::kernel::KEY_TILE <= WIDE);
 
 /// Plain-Rust vector operations.
 #[derive(Debug, Clone, Copy)]
