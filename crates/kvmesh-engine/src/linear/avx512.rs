@@ -10,6 +10,9 @@
 //! token tile, where the AVX2 kernel converts a panel once into a scratch buffer: at 16 tokens
 //! (batched decode) writing and re-reading that buffer took as long as the FMAs.
 //!
+//! The few-token kernel (decode) is `x86.rs`'s with one panel per vector: six panels per
+//! unit, weights prefetched ahead as they stream from memory.
+//!
 //! The public functions check every length the kernels read and are only called after
 //! `Kernel::detect` found AVX-512F (and the AVX2 + FMA + F16C set the other kernels need).
 
@@ -66,6 +69,144 @@ pub(super) fn many_tokens(
             // SAFETY: features detected; the tile reads tokens t0..t0 + tn of x, sums and
             // acc, and blocks b0..b1 <= blocks of panel p, all checked above.
             unsafe { tile.run_any(TILE_TOKENS.min(n - t0), b0..b1) }
+        }
+    }
+}
+
+/// Panels the few-token kernel keeps in flight: six accumulator vectors (six FMA chains),
+/// and 576- and 1536-row matrices (36 and 96 panels) split into whole units for two threads.
+pub(super) const FEW_PANELS: usize = 6;
+
+/// Few-token kernel (decode) over `panels` (1..=6) panels from `p0`: `acc[token][panels x
+/// 16]`, the integers unpacked in registers as the AVX2 kernel does (see `x86::few_tokens`),
+/// one panel per vector.
+///
+/// For `Affine4`, `x` must be the inputs scaled by `NIBBLE_SCALES` (see `PackedLinear::forward`).
+pub(super) fn few_tokens(
+    w: &PackedLinear,
+    p0: usize,
+    panels: usize,
+    x: &[f32],
+    sums: &[f32],
+    acc: &mut [f32],
+) {
+    let n = x.len() / w.cols;
+    assert!(p0 + panels <= w.panels() && (1..=FEW_PANELS).contains(&panels));
+    assert!(x.len() == n * w.cols && acc.len() == n * panels * PANEL);
+    assert!(w.format == WeightFormat::Symmetric8 || sums.len() == n * w.blocks());
+    // SAFETY: AVX-512F was detected; the lengths the kernel reads are checked above.
+    unsafe {
+        match panels {
+            6 => few::<6>(w, p0, x, sums, n, acc),
+            5 => few::<5>(w, p0, x, sums, n, acc),
+            4 => few::<4>(w, p0, x, sums, n, acc),
+            3 => few::<3>(w, p0, x, sums, n, acc),
+            2 => few::<2>(w, p0, x, sums, n, acc),
+            _ => few::<1>(w, p0, x, sums, n, acc),
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512F available; panels `p0..p0 + P` exist in `w`; `x` is `n x cols`, `sums`
+/// `n x blocks` (for `Affine4`), `acc` `n x P x 16`.
+// `i` and `oct` index several arrays and pointer offsets in step.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn few<const P: usize>(
+    w: &PackedLinear,
+    p0: usize,
+    x: &[f32],
+    sums: &[f32],
+    n: usize,
+    acc: &mut [f32],
+) {
+    let (cols, blocks, bb) = (w.cols, w.blocks(), w.format.block_bytes());
+    let affine = w.format == WeightFormat::Affine4;
+    let data = w.data().as_ptr();
+    let q = WeightFormat::QUANTS;
+    let masks: [__m512i; 4] = std::array::from_fn(|j| _mm512_set1_epi32(0x0f << (4 * j)));
+    for b in 0..blocks {
+        // SAFETY (this loop): every pointer below stays inside the block of a panel that
+        // exists, a token row of x, or a token row of acc (see the function's contract).
+        unsafe {
+            let base: [*const u8; P] =
+                std::array::from_fn(|i| data.add(((p0 + i) * blocks + b) * bb));
+            // Each panel's block PREFETCH_BLOCKS ahead (a prefetch never faults).
+            for &at in &base {
+                let ahead = at.wrapping_add(PREFETCH_BLOCKS * bb);
+                for line in (0..bb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
+            }
+            let d: [__m512; P] =
+                std::array::from_fn(|i| _mm512_cvtph_ps(_mm256_loadu_si256(base[i].cast())));
+            let m: [__m512; P] = std::array::from_fn(|i| {
+                if affine {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(base[i].add(WeightFormat::MINS).cast()))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            // Nibbles 4..8 of every lane moved down once per block: `[panel][octet]`.
+            let mut high = [[_mm512_setzero_si512(); QBLOCK / 8]; P];
+            if affine {
+                for i in 0..P {
+                    for oct in 0..QBLOCK / 8 {
+                        let v = _mm512_loadu_si512(base[i].add(q + oct * 64).cast());
+                        high[i][oct] = _mm512_srli_epi32::<16>(v);
+                    }
+                }
+            }
+            for t in 0..n {
+                let xt = x.as_ptr().add(t * cols + b * QBLOCK);
+                let mut part = [_mm512_setzero_ps(); P];
+                if affine {
+                    // As in `x86::few`: inputs pre-scaled by 16^-(k mod 4), nibbles masked in
+                    // place, inputs in order along every lane.
+                    for oct in 0..std::hint::black_box(QBLOCK / 8) {
+                        let xo = xt.add(oct * 8);
+                        for (j, &mask) in masks.iter().enumerate() {
+                            let xb = _mm512_set1_ps(*xo.add(j));
+                            for i in 0..P {
+                                let at = base[i].add(q + oct * 64);
+                                let v = _mm512_and_si512(_mm512_loadu_si512(at.cast()), mask);
+                                part[i] = _mm512_fmadd_ps(xb, _mm512_cvtepi32_ps(v), part[i]);
+                            }
+                        }
+                        for (j, &mask) in masks.iter().enumerate() {
+                            let xb = _mm512_set1_ps(*xo.add(4 + j));
+                            for i in 0..P {
+                                let v = _mm512_and_si512(high[i][oct], mask);
+                                part[i] = _mm512_fmadd_ps(xb, _mm512_cvtepi32_ps(v), part[i]);
+                            }
+                        }
+                    }
+                } else {
+                    for k in 0..QBLOCK {
+                        let xb = _mm512_set1_ps(*xt.add(k));
+                        for i in 0..P {
+                            let bytes = _mm_loadu_si128(base[i].add(q + k * PANEL).cast());
+                            let wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+                            part[i] = _mm512_fmadd_ps(xb, wv, part[i]);
+                        }
+                    }
+                }
+                let sb = if affine {
+                    _mm512_set1_ps(sums[t * blocks + b])
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let a = acc.as_mut_ptr().add(t * P * PANEL);
+                for i in 0..P {
+                    let at = a.add(i * PANEL);
+                    let mut o = _mm512_fmadd_ps(d[i], part[i], _mm512_loadu_ps(at));
+                    if affine {
+                        o = _mm512_fmadd_ps(m[i], sb, o);
+                    }
+                    _mm512_storeu_ps(at, o);
+                }
+            }
         }
     }
 }

@@ -55,8 +55,10 @@
 //!   instead of through the scratch panel, whose write and re-read cost as much as the FMAs
 //!   at 16 tokens; the next blocks' weights are prefetched. Batch-16 decode steps went from
 //!   ~50-57 to ~31-38 ms with this and the AVX-512 attention (2026-12-02, `docs/bench/engine.md`).
-//!   The few-token kernel stays AVX2: single-token decode streams 94 MiB of weights per token,
-//!   near the machine's memory bandwidth, so wider FMAs would not show.
+//!   The AVX-512 few-token kernel is the AVX2 one with a panel per vector, six panels per
+//!   unit (six FMA chains; 36- and 96-panel matrices split evenly over two threads), and the
+//!   weights prefetched 4 blocks ahead: batch-1 decode ~141-151 -> ~190-226 tok/s in
+//!   alternating runs (it streams 94 MiB of weights per token, ~19 GB/s at that rate).
 //!
 //! Panels are split across threads with rayon; each thread writes only its own panels'
 //! columns of the output.
@@ -259,7 +261,7 @@ impl PackedLinear {
             n,
             out: OutPtr(out.as_mut_ptr()),
         };
-        let unit = if few { PANEL_GROUP } else { 1 };
+        let unit = if few { kernel.few_panels() } else { 1 };
         let units = self.panels().div_ceil(unit);
         let run = |u: usize| {
             let p0 = u * unit;
@@ -393,7 +395,11 @@ impl Job<'_> {
                     WeightFormat::Affine4 => self.x_simd,
                     WeightFormat::Symmetric8 => self.x,
                 };
-                x86::few_tokens(self.w, p0, panels, x, self.sums, &mut s.acc)
+                if kernel == Kernel::Avx512 {
+                    avx512::few_tokens(self.w, p0, panels, x, self.sums, &mut s.acc)
+                } else {
+                    x86::few_tokens(self.w, p0, panels, x, self.sums, &mut s.acc)
+                }
             }
         }
         // SAFETY: forwarded from the caller.
@@ -461,7 +467,7 @@ enum Kernel {
     /// AVX2 + FMA + F16C (`x86.rs`).
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// The AVX2 set plus AVX-512F: `avx512.rs` for many tokens, `x86.rs` for few.
+    /// The AVX2 set plus AVX-512F (`avx512.rs`).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -497,6 +503,15 @@ impl Kernel {
         let best = Kernel::at(crate::simd::cpu_level());
         let n = all.iter().position(|&k| k == best).map_or(1, |i| i + 1);
         all[..n].to_vec()
+    }
+
+    /// Panels per work unit of the few-token kernel.
+    fn few_panels(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::FEW_PANELS,
+            _ => PANEL_GROUP,
+        }
     }
 
     /// Tokens per group of the many-token kernel's input layout.
