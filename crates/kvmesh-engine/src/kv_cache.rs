@@ -220,8 +220,9 @@ impl KvElement for F16 {
         assert_eq!(src.len(), dst.len(), "from_f32_row: lengths");
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx") && is_x86_feature_detected!("f16c") {
-            // SAFETY: the features were detected; the lengths are equal.
+        if crate::simd::max_level() >= crate::simd::SimdLevel::Avx2 {
+            // SAFETY: the AVX2 level includes AVX and F16C (`simd::cpu_level`); the lengths
+            // are equal.
             done = unsafe { f16_row_f16c(src, inv, dst) };
         }
         for (o, &x) in dst[done..].iter_mut().zip(&src[done..]) {

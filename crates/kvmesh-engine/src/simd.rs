@@ -2,6 +2,8 @@
 //! the `KVMESH_MAX_SIMD` environment variable (`scalar`, `avx2` or `avx512`, read once).
 //!
 //! The kernels pick their implementation at run time, so one binary runs on any x86_64 CPU.
+//! [`cpu_level`] is the one definition of which CPU features make a level: the linear
+//! kernels, the attention backends' proofs of support and the f16 K/V writes all ask it.
 //! The cap exists to compare kernels on one machine (`KVMESH_MAX_SIMD=avx2 kvmesh bench
 //! engine`) and to step around a suspected kernel bug without rebuilding. Every level gives the
 //! same bits for the linear layers, and the AVX-512 attention gives the AVX2 one's bits, so a

@@ -23,6 +23,7 @@ use std::arch::x86_64::*;
 use super::kernel::{self, Job, Keys, Scratch, VecOps};
 use super::x86::{pv_columns, qk_tail, Avx2Fma, Load8};
 use crate::kv_cache::F16;
+use crate::simd::SimdLevel;
 
 /// A stored element type the AVX-512 kernels can load sixteen of into one f32 vector.
 pub(super) trait Load16: Load8 {
@@ -68,7 +69,7 @@ impl Avx512 {
     /// `Some` when the CPU running this process supports AVX-512F besides AVX2, FMA and F16C.
     pub(super) fn detect() -> Option<Self> {
         let avx2 = Avx2Fma::detect()?;
-        is_x86_feature_detected!("avx512f").then_some(Avx512 { avx2 })
+        (crate::simd::cpu_level() >= SimdLevel::Avx512).then_some(Avx512 { avx2 })
     }
 
     /// Runs the driver with AVX-512 operations.

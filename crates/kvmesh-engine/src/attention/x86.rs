@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 
 use super::kernel::{self, Job, Keys, Scratch, VecOps};
 use crate::kv_cache::{KvElement, F16};
+use crate::simd::SimdLevel;
 
 /// A stored element type the AVX2 kernels can load eight of into one f32 vector.
 pub(super) trait Load8: KvElement {
@@ -69,10 +70,7 @@ impl Avx2Fma {
     /// `Some` when the CPU running this process supports AVX2, FMA and F16C (every x86_64
     /// CPU with AVX2 has F16C).
     pub(super) fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        .then_some(Avx2Fma { _proof: () })
+        (crate::simd::cpu_level() >= SimdLevel::Avx2).then_some(Avx2Fma { _proof: () })
     }
 
     /// Runs the driver with AVX2 operations.
