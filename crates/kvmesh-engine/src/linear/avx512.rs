@@ -27,8 +27,20 @@ pub(super) const TILE_TOKENS: usize = 16;
 /// the slice's weights while they sit in L1, and its 4 x 32 x 16 inputs (8 KiB) with them.
 const SLICE_BLOCKS: usize = 4;
 
-/// How many blocks ahead [`Tile::run`] prefetches the packed weights.
+/// How many blocks ahead the kernels prefetch the packed weights.
 const PREFETCH_BLOCKS: usize = 4;
+
+/// Prefetches the `block_bytes` block `PREFETCH_BLOCKS` blocks after `block`: the weights
+/// stream from memory once per step. Any address will do (a prefetch never faults), so the
+/// block ahead may lie past the panel or the matrix.
+#[inline(always)]
+fn prefetch_ahead(block: *const u8, block_bytes: usize) {
+    let ahead = block.wrapping_add(PREFETCH_BLOCKS * block_bytes);
+    for line in (0..block_bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
+    }
+}
 
 /// Many-token kernel over panel `p`, straight from the packed weights: `acc[token][16]`, with
 /// the `n` tokens' inputs in tiles, `x_tiles[tile][input][TILE_TOKENS]`.
@@ -132,12 +144,8 @@ unsafe fn few<const P: usize>(
         unsafe {
             let base: [*const u8; P] =
                 std::array::from_fn(|i| data.add(((p0 + i) * blocks + b) * bb));
-            // Each panel's block PREFETCH_BLOCKS ahead (a prefetch never faults).
             for &at in &base {
-                let ahead = at.wrapping_add(PREFETCH_BLOCKS * bb);
-                for line in (0..bb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                }
+                prefetch_ahead(at, bb);
             }
             let d: [__m512; P] =
                 std::array::from_fn(|i| _mm512_cvtph_ps(_mm256_loadu_si256(base[i].cast())));
@@ -268,13 +276,9 @@ impl Tile {
         unsafe {
             for b in blocks {
                 let block = self.panel.add(b * self.block_bytes);
-                // The weights stream from memory once per step: ask for the block
-                // PREFETCH_BLOCKS ahead (past the panel's end it is the next panel's, which
-                // this thread usually computes next; a prefetch never faults).
-                let ahead = block.wrapping_add(PREFETCH_BLOCKS * self.block_bytes);
-                for line in (0..self.block_bytes).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                }
+                // Past the panel's end the block ahead is the next panel's, which this thread
+                // usually computes next.
+                prefetch_ahead(block, self.block_bytes);
                 let quants = block.add(WeightFormat::QUANTS);
                 let x = self.x.add(b * QBLOCK * TILE_TOKENS);
                 let mut part = [_mm512_setzero_ps(); T];
