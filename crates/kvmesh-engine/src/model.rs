@@ -58,30 +58,6 @@ struct Activations {
     act: Vec<f32>,
 }
 
-/// Writes this layer's K/V rows of every chunk (`a.k`, `a.v`) into the cache.
-fn write_kv(
-    cache: &mut KvCache,
-    layer: u32,
-    chunks: &[Chunk<'_>],
-    a: &Activations,
-    kv_dim: usize,
-) -> Result<(), KvCacheError> {
-    let mut row = 0;
-    for c in chunks {
-        let len = c.tokens.len();
-        let rows = row * kv_dim..(row + len) * kv_dim;
-        cache.write_tokens(
-            layer,
-            c.block_table,
-            c.start,
-            &a.k[rows.clone()],
-            &a.v[rows],
-        )?;
-        row += len;
-    }
-    Ok(())
-}
-
 /// Hyper-parameters of a llama-architecture model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -410,15 +386,10 @@ impl LlamaModel {
         chunks: &[Chunk<'_>],
         logits: &mut Vec<f32>,
     ) -> Result<(), KvCacheError> {
-        let rows = chunks
-            .iter()
-            .filter(|c| c.logits && !c.tokens.is_empty())
-            .count();
-        logits.resize(rows * self.cfg.vocab_size, 0.0);
         let mut a = self.embed(chunks);
         for (li, layer) in self.layers.iter().enumerate() {
             self.qkv(layer, &mut a);
-            write_kv(cache, li as u32, chunks, &a, self.kv_dim())?;
+            self.write_kv(cache, li as u32, chunks, &a)?;
             self.attention_and_mlp(layer, li as u32, cache, chunks, &mut a)?;
         }
         self.logits(chunks, &a, logits);
@@ -428,6 +399,30 @@ impl LlamaModel {
     /// Elements of one token's keys (or values) in one layer.
     fn kv_dim(&self) -> usize {
         self.cfg.num_kv_heads * self.cfg.head_dim
+    }
+
+    /// Writes this layer's K/V rows of every chunk (`a.k`, `a.v`) into the cache.
+    fn write_kv(
+        &self,
+        cache: &mut KvCache,
+        layer: u32,
+        chunks: &[Chunk<'_>],
+        a: &Activations,
+    ) -> Result<(), KvCacheError> {
+        let kv_dim = self.kv_dim();
+        let mut row = 0;
+        for c in chunks {
+            let rows = row * kv_dim..(row + c.tokens.len()) * kv_dim;
+            cache.write_tokens(
+                layer,
+                c.block_table,
+                c.start,
+                &a.k[rows.clone()],
+                &a.v[rows],
+            )?;
+            row += c.tokens.len();
+        }
+        Ok(())
     }
 
     /// The chunks' token embeddings and RoPE angles, with buffers for one layer's activations.
@@ -524,8 +519,9 @@ impl LlamaModel {
     }
 
     /// Final norm and output projection of the last token of every chunk that samples, into
-    /// `out` (`[row][vocab]`, sized by the caller).
-    fn logits(&self, chunks: &[Chunk<'_>], a: &Activations, out: &mut [f32]) {
+    /// `out` (`[row][vocab]`, resized to fit; every element is written by the product, so
+    /// nothing is cleared).
+    fn logits(&self, chunks: &[Chunk<'_>], a: &Activations, out: &mut Vec<f32>) {
         let h = self.cfg.hidden_size;
         let mut last_rows = Vec::new();
         let mut row = 0;
@@ -543,6 +539,7 @@ impl LlamaModel {
             self.cfg.rms_eps,
             &mut normed_last,
         );
+        out.resize(m * self.cfg.vocab_size, 0.0);
         let output = self.output.as_ref().unwrap_or(&self.embed);
         output.forward(&normed_last, m, out, self.threads);
     }
