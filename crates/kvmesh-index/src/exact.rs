@@ -88,6 +88,10 @@ fn key(hash: SequenceHash) -> u64 {
     hash.as_u128() as u64
 }
 
+/// How many events (or request blocks) ahead of the one being processed `apply_batch` (and
+/// `overlaps`) prefetch table buckets.
+const PREFETCH_AHEAD: usize = 16;
+
 /// The default single-threaded index. Wrap it in [`crate::ShardedIndex`] to share it between
 /// threads.
 #[derive(Debug, Default)]
@@ -125,10 +129,28 @@ impl ExactIndex {
         })
     }
 
-    /// Reads the home bucket of `hash` (see [`Table::touch`]).
+    /// Starts loading the table bucket of `hash` into cache.
     #[inline]
-    pub(crate) fn touch(&self, hash: &SequenceHash) -> u64 {
-        self.blocks.touch(key(*hash))
+    pub(crate) fn prefetch(&self, hash: &SequenceHash) {
+        self.blocks.prefetch(key(*hash));
+    }
+
+    /// Starts loading the table buckets an event will probe: its block's, and its parent's
+    /// unless the event before it stored the parent (a run).
+    #[inline]
+    fn prefetch_event(&self, event: &KvEvent, previous: Option<&KvEvent>) {
+        match event {
+            KvEvent::Stored { hash, parent, .. } => {
+                if let Some(p) = parent {
+                    if previous.and_then(event_hash) != Some(*p) {
+                        self.prefetch(p);
+                    }
+                }
+                self.prefetch(hash);
+            }
+            KvEvent::Removed { hash, .. } => self.prefetch(hash),
+            KvEvent::Cleared { .. } => {}
+        }
     }
 
     /// Workers known to hold anything.
@@ -360,31 +382,13 @@ impl PrefixIndex for ExactIndex {
         let mut delta = 0isize;
         // A block the worker is known to hold: the one the previous event stored.
         let mut last_stored: Option<SequenceHash> = None;
-        // Each event's probe is a cache miss on a large table. Reading the home buckets of a
-        // group of events back to back, before processing any of them, lets those misses overlap.
-        const GROUP: usize = 16;
-        let mut sink = 0u64;
+        // Each event's probe is a cache miss on a large table: start those misses early.
+        for (n, e) in events.iter().enumerate().take(PREFETCH_AHEAD) {
+            self.prefetch_event(e, n.checked_sub(1).map(|p| &events[p]));
+        }
         for (n, event) in events.iter().enumerate() {
-            if n % GROUP == 0 {
-                let mut prev = if n == 0 {
-                    None
-                } else {
-                    event_hash(&events[n - 1])
-                };
-                for e in &events[n..events.len().min(n + GROUP)] {
-                    if let KvEvent::Stored {
-                        parent: Some(p), ..
-                    } = e
-                    {
-                        if prev != Some(*p) {
-                            sink = sink.wrapping_add(self.blocks.touch(key(*p)));
-                        }
-                    }
-                    prev = event_hash(e);
-                    if let Some(h) = prev {
-                        sink = sink.wrapping_add(self.blocks.touch(key(h)));
-                    }
-                }
+            if let Some(e) = events.get(n + PREFETCH_AHEAD) {
+                self.prefetch_event(e, Some(&events[n + PREFETCH_AHEAD - 1]));
             }
             match *event {
                 KvEvent::Stored { hash, parent, tier } => {
@@ -416,7 +420,6 @@ impl PrefixIndex for ExactIndex {
             }
         }
         self.add_count(worker, delta);
-        std::hint::black_box(sink);
     }
 
     fn remove_worker(&mut self, worker: WorkerId) {
@@ -425,7 +428,7 @@ impl PrefixIndex for ExactIndex {
     }
 
     fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
-        walk_prefix(hashes, |h| self.touch(h), |h| self.holders(h))
+        walk_prefix(hashes, PREFETCH_AHEAD, |h| self.prefetch(h), |h| self.holders(h))
     }
 
     fn stats(&self) -> IndexStats {

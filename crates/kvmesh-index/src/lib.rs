@@ -38,7 +38,7 @@
 //!
 //! All three implement [`PrefixIndex`] and pass one test suite (`tests/index_suite.rs`).
 //! The crate does no IO; time is passed in.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod approx;
@@ -46,6 +46,7 @@ mod error;
 mod exact;
 mod load;
 mod overlap;
+mod prefetch;
 mod selection;
 mod sharded;
 mod stats;

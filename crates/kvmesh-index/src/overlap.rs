@@ -143,17 +143,16 @@ impl OverlapScores {
 /// shared prefix held by many workers cost one comparison each instead of a merge (an address
 /// comparison for interned sets, see [`Holders::same_as`]).
 ///
-/// `touch` reads a block's home bucket without branching on it (see `Table::touch`); each
-/// chunk of blocks is touched before it is looked up, so that the chunk's misses overlap.
+/// `prefetch` starts loading a block's table bucket; the walk calls it `ahead` blocks before
+/// it looks the block up, so that the misses of the blocks ahead overlap with this one's work.
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
-    touch: impl Fn(&SequenceHash) -> u64,
+    ahead: usize,
+    prefetch: impl Fn(&SequenceHash),
     lookup: impl Fn(&SequenceHash) -> Option<Holders<'a>>,
 ) -> OverlapScores {
-    let Some((first, rest)) = hashes.split_first() else {
-        return OverlapScores::default();
-    };
-    let Some(mut last) = lookup(first) else {
+    hashes.iter().take(ahead).for_each(&prefetch);
+    let Some(mut last) = hashes.first().and_then(&lookup) else {
         return OverlapScores::default();
     };
     // `scores`: every holder of the first block, sorted by id, with its counts; it is the
@@ -169,48 +168,37 @@ pub(crate) fn walk_prefix<'a>(
     }
     // Blocks after `last` with the same holders, not yet counted.
     let mut repeats = 0u32;
-    // Each probe is a cache miss on a large table. Reading the home buckets of a chunk back
-    // to back, before probing any of them, lets the chunk's misses overlap.
-    const CHUNK: usize = 16;
-    let mut rest = rest;
-    'walk: while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
-        rest = tail;
-        let sink = chunk.iter().fold(0u64, |s, h| s.wrapping_add(touch(h)));
-        std::hint::black_box(sink);
-        let mut found: [Option<Holders<'a>>; CHUNK] = [None; CHUNK];
-        for (f, h) in found.iter_mut().zip(chunk) {
-            *f = lookup(h);
+    for (i, h) in hashes.iter().enumerate().skip(1) {
+        if let Some(a) = hashes.get(i + ahead) {
+            prefetch(a);
         }
-        for f in &found[..chunk.len()] {
-            let Some(holders) = *f else {
-                break 'walk;
-            };
-            if holders.same_as(&last) {
-                repeats += 1;
-                continue;
+        let Some(holders) = lookup(h) else {
+            break;
+        };
+        if holders.same_as(&last) {
+            repeats += 1;
+            continue;
+        }
+        let hs = holders.as_slice();
+        let mut j = 0;
+        active.retain_mut(|(i, mask)| {
+            let (w, counts) = &mut scores[*i as usize];
+            counts.add_n(*mask, repeats);
+            while j < hs.len() && hs[j].worker() < *w {
+                j += 1;
             }
-            let hs = holders.as_slice();
-            let mut j = 0;
-            active.retain_mut(|(i, mask)| {
-                let (w, counts) = &mut scores[*i as usize];
-                counts.add_n(*mask, repeats);
-                while j < hs.len() && hs[j].worker() < *w {
-                    j += 1;
-                }
-                if j < hs.len() && hs[j].worker() == *w {
-                    *mask = hs[j].mask();
-                    counts.add(*mask);
-                    true
-                } else {
-                    false
-                }
-            });
-            repeats = 0;
-            last = holders;
-            if active.is_empty() {
-                break 'walk;
+            if j < hs.len() && hs[j].worker() == *w {
+                *mask = hs[j].mask();
+                counts.add(*mask);
+                true
+            } else {
+                false
             }
+        });
+        repeats = 0;
+        last = holders;
+        if active.is_empty() {
+            break;
         }
     }
     for &(i, mask) in &active {

@@ -94,7 +94,8 @@ impl ShardedIndex {
         let guards: Vec<_> = (0..self.shards.len()).map(|i| self.read(i)).collect();
         walk_prefix(
             hashes,
-            |h| guards[self.shard_of(h)].touch(h),
+            16,
+            |h| guards[self.shard_of(h)].prefetch(h),
             |h| guards[self.shard_of(h)].holders(h),
         )
     }

@@ -62,14 +62,12 @@ impl Table {
         }
     }
 
-    /// Reads `key`'s home bucket and returns a value derived from it, so that the caller can
-    /// start its cache miss early (a safe stand-in for a prefetch; feed the result to
-    /// `std::hint::black_box`).
-    pub(crate) fn touch(&self, key: u64) -> u64 {
-        if self.slots.is_empty() {
-            return 0;
+    /// Starts loading `key`'s home bucket into cache.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u64) {
+        if let Some(b) = self.slots.get(self.home(key)) {
+            crate::prefetch::prefetch(b);
         }
-        self.slots[self.home(key)].1
     }
 
     pub(crate) fn get(&self, key: u64) -> Option<u64> {
