@@ -428,7 +428,12 @@ impl PrefixIndex for ExactIndex {
     }
 
     fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
-        walk_prefix(hashes, PREFETCH_AHEAD, |h| self.prefetch(h), |h| self.holders(h))
+        walk_prefix(
+            hashes,
+            PREFETCH_AHEAD,
+            |h| self.prefetch(h),
+            |h| self.holders(h),
+        )
     }
 
     fn stats(&self) -> IndexStats {

@@ -145,6 +145,9 @@ impl OverlapScores {
 ///
 /// `prefetch` starts loading a block's table bucket; the walk calls it `ahead` blocks before
 /// it looks the block up, so that the misses of the blocks ahead overlap with this one's work.
+/// Workers a lookup tracks without allocating.
+const ACTIVE_INLINE: usize = 32;
+
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
     ahead: usize,
@@ -159,12 +162,23 @@ pub(crate) fn walk_prefix<'a>(
     // answer, already sorted. `active`: the indexes in `scores` of the workers holding every
     // block so far (so also sorted by id), with their tiers in `last`.
     let mut scores: Vec<(WorkerId, TierCounts)> = Vec::with_capacity(last.as_slice().len());
-    let mut active: Vec<(u32, TierMask)> = Vec::with_capacity(last.as_slice().len());
+    // On the stack for the usual handful of holders (no allocation per lookup).
+    let first = last.as_slice().len();
+    let mut inline = [(0u32, TierMask::EMPTY); ACTIVE_INLINE];
+    let mut spilled = Vec::new();
+    let active_buf: &mut [(u32, TierMask)] = if first <= ACTIVE_INLINE {
+        &mut inline[..first]
+    } else {
+        spilled.resize(first, (0u32, TierMask::EMPTY));
+        &mut spilled
+    };
+    let mut live = 0usize;
     for (i, h) in last.as_slice().iter().enumerate() {
         let mut c = TierCounts::default();
         c.add(h.mask());
         scores.push((h.worker(), c));
-        active.push((i as u32, h.mask()));
+        active_buf[i] = (i as u32, h.mask());
+        live += 1;
     }
     // Blocks after `last` with the same holders, not yet counted.
     let mut repeats = 0u32;
@@ -181,27 +195,29 @@ pub(crate) fn walk_prefix<'a>(
         }
         let hs = holders.as_slice();
         let mut j = 0;
-        active.retain_mut(|(i, mask)| {
-            let (w, counts) = &mut scores[*i as usize];
-            counts.add_n(*mask, repeats);
+        let mut kept = 0;
+        for a in 0..live {
+            let (i, mask) = active_buf[a];
+            let (w, counts) = &mut scores[i as usize];
+            counts.add_n(mask, repeats);
             while j < hs.len() && hs[j].worker() < *w {
                 j += 1;
             }
             if j < hs.len() && hs[j].worker() == *w {
-                *mask = hs[j].mask();
-                counts.add(*mask);
-                true
-            } else {
-                false
+                let mask = hs[j].mask();
+                counts.add(mask);
+                active_buf[kept] = (i, mask);
+                kept += 1;
             }
-        });
+        }
+        live = kept;
         repeats = 0;
         last = holders;
-        if active.is_empty() {
+        if live == 0 {
             break;
         }
     }
-    for &(i, mask) in &active {
+    for &(i, mask) in &active_buf[..live] {
         scores[i as usize].1.add_n(mask, repeats);
     }
     OverlapScores { scores }

@@ -366,6 +366,34 @@ fn long_batches_match_single_events() {
     }
 }
 
+/// A lookup tracks up to 32 workers on the stack and spills to the heap beyond: both must
+/// count every worker's own prefix, with workers dropping out at different blocks.
+#[test]
+fn prefixes_of_many_workers_are_counted_on_and_off_the_stack() {
+    for holders in [20u32, 40, 300] {
+        for (name, mut index) in implementations() {
+            let q: Vec<_> = (0..12u8).map(h).collect();
+            for w in 0..holders {
+                let len = 1 + (w * 7 % 12) as u8;
+                let run: Vec<_> = (0..len)
+                    .map(|i| KvEvent::Stored {
+                        hash: h(i),
+                        parent: (i > 0).then(|| h(i - 1)),
+                        tier: Tier::Device,
+                    })
+                    .collect();
+                index.apply_batch(WorkerId(w * 3), &run);
+            }
+            let s = index.overlaps(&q);
+            assert_eq!(s.len(), holders as usize, "{name}");
+            for w in 0..holders {
+                let expect = 1 + w * 7 % 12;
+                assert_eq!(s.get(WorkerId(w * 3)).total(), expect, "{name}: worker {w}");
+            }
+        }
+    }
+}
+
 /// Blocks with equal holder sets share one set in `ExactIndex`; changing one block's holders
 /// must leave the others' alone.
 #[test]
