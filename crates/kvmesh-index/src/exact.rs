@@ -36,23 +36,33 @@
 //! misses. A store probes once (`search`, then `insert_at` into the vacancy it found).
 //!
 //! **Overlapping misses.** On a large index every probe is a cache miss, and a miss that a
-//! branch depends on stalls everything after it. Both `apply_batch` and lookups therefore first
-//! read the home buckets of a group of 16 events (or request blocks) back to back, a loop with
-//! no data-dependent branch whose misses all fly at once, and only then process the group
-//! against warm cache lines (a safe stand-in for prefetch instructions: the crate forbids
-//! `unsafe`). Before this, `apply_batch` read one bucket 8 events ahead, which the core's
-//! reorder window could not reach past; grouping alone took churn ingest from 1.35x / 1.10x to
-//! 1.70x / 1.62x the tree's (16 / 256 workers, one quick run). Reading further
-//! ahead (32 blocks, a whole request, the next chunk while merging this one, the next run of
-//! the chunk) measured no better or worse.
+//! branch depends on stalls everything after it. Both `apply_batch` and lookups therefore
+//! prefetch the home buckets of the events (or request blocks) 16 ahead of the one they are
+//! processing (`prefetch.rs`, the crate's one `unsafe` call: a prefetch instruction retires at
+//! once, so the misses of the window fly while the core works on warm lines). Until 2026-12-02
+//! the crate forbade `unsafe` and read the buckets of a group of 16 instead; those loads held
+//! the core's reorder window until they completed, so the groups' misses overlapped with each
+//! other but not with the work. One quick run each (Zen 5 host): churn ingest 1.75x -> 2.24x
+//! the tree's at 16 workers and 1.58x -> 1.90x at 256; lookup p50 1.05x -> 0.63x and 0.37x ->
+//! 0.31x. Distances of 8, 24 and 32 measured within noise of 16. Batches are the caller's: the
+//! window cannot reach past the end of one `apply_batch`, so each run still waits once for its
+//! first bucket.
 //!
-//! Measured against Dynamo 1.6.1's `RadixTree` (2026-11-28, run F in `BENCH.md` beside this
-//! crate; shared 2-core VM, so ratios move by ~20% between runs): churn ingest 2.53x / 2.12x
-//! the tree's (16 / 256 workers; 1.31x / 1.23x in run E, 0.37x / 0.36x with per-worker sets
-//! and hashbrown), lookup p50 1.39x / 0.39x (run E 1.93x / 0.78x), 25 / 21 bytes per (worker,
-//! block) entry against the tree's 76 / 77 (run E 27 / 24, before that 120). Missed: lookup
-//! p50 <= 0.5x at 16 workers, where a request's ~50 matched blocks cost ~4 rounds of
-//! overlapped misses and the tree walks ~5 nodes.
+//! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, `BENCH.md` beside this crate;
+//! shared 2-core VM, so ratios move by ~10-20% between runs): churn ingest ~2.2x / ~1.9x the
+//! tree's (16 / 256 workers), lookup p50 ~0.55-0.6x / ~0.3x, 25 / 21 bytes per (worker, block)
+//! entry against the tree's 76 / 77. Missed: lookup p50 <= 0.5x at 16 workers, and ingest
+//! >= 2x at 256 workers, by 5-15% each.
+//!
+//! **Tried and dropped: a run layout (2026-12-02).** Entries in a flat array where a block
+//! stored after its parent takes the next entry when it is free (a doubly-linked free list
+//! through the vacant entries, compaction when a quarter is vacant), and a table of 8-byte
+//! fingerprint buckets pointing into it, so that a lookup reads a chain's entries in order and
+//! probes only where a run ends. On the bench's churn, runs fragmented: freed space comes in
+//! the sizes of evicted runs, so 29% of a lookup's blocks still needed a probe, and a probe
+//! became two dependent misses (bucket, then entry). Lookup p50 went from 1.0 to 1.4-1.7 us
+//! and ingest fell 20-40%. A run-length-aware allocator (runs are known per batch) would cut
+//! the fragmentation, but the dependent second miss at every run boundary remains.
 //!
 //! **Not done: lookups with fewer probes than blocks.** A lookup still probes every block of
 //! the matched prefix; the tree probes one node per compressed edge. Skipping blocks (galloping
@@ -67,7 +77,7 @@
 //! assume. Storing the chain's hashes with the proof (exact without trust) is a compressed tree.
 //!
 //! Cost of a lookup: one hash-map probe per block of the matched prefix (a cache miss each on a
-//! large index, overlapped 16 at a time) plus a linear merge of the sorted holder sets, skipped
+//! large index, prefetched 16 blocks ahead) plus a linear merge of the sorted holder sets, skipped
 //! when a block shares the holder set of the block before it (one address comparison).
 
 use std::collections::HashMap;
