@@ -135,6 +135,9 @@ impl OverlapScores {
     }
 }
 
+/// Workers a lookup tracks without allocating.
+const ACTIVE_INLINE: usize = 32;
+
 /// Walks `hashes` from the first block, intersecting the holder sets that `lookup` returns
 /// (each sorted by worker), and counts each worker's unbroken prefix by fastest tier.
 ///
@@ -145,9 +148,6 @@ impl OverlapScores {
 ///
 /// `prefetch` starts loading a block's table bucket; the walk calls it `ahead` blocks before
 /// it looks the block up, so that the misses of the blocks ahead overlap with this one's work.
-/// Workers a lookup tracks without allocating.
-const ACTIVE_INLINE: usize = 32;
-
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
     ahead: usize,
@@ -172,14 +172,14 @@ pub(crate) fn walk_prefix<'a>(
         spilled.resize(first, (0u32, TierMask::EMPTY));
         &mut spilled
     };
-    let mut live = 0usize;
     for (i, h) in last.as_slice().iter().enumerate() {
         let mut c = TierCounts::default();
         c.add(h.mask());
         scores.push((h.worker(), c));
         active_buf[i] = (i as u32, h.mask());
-        live += 1;
     }
+    // Workers still active: the first `live` of `active_buf`.
+    let mut live = first;
     // Blocks after `last` with the same holders, not yet counted.
     let mut repeats = 0u32;
     for (i, h) in hashes.iter().enumerate().skip(1) {

@@ -1,7 +1,11 @@
 //! Software prefetch: the crate's one use of `unsafe`.
 //!
 //! On a large index every table probe is a cache miss. A prefetch instruction starts the miss
-//! and retires at once, so many misses overlap while the core keeps working.
+//! and retires at once, so many misses overlap while the core keeps working (a plain load
+//! used as a stand-in holds the reorder window until it completes: see `exact.rs`).
+//!
+//! x86-64 only: stable Rust has no portable prefetch, so elsewhere this is a no-op and the
+//! index is as correct, only slower on large tables. The rest of the crate denies `unsafe`.
 #![allow(unsafe_code)]
 
 /// Asks the CPU to bring the cache line holding `*r` into L1.

@@ -366,6 +366,17 @@ fn long_batches_match_single_events() {
     }
 }
 
+/// `Stored` events for blocks `h(0)..h(len)` on the device tier, each naming the one before.
+fn device_chain(len: u8) -> Vec<KvEvent> {
+    (0..len)
+        .map(|i| KvEvent::Stored {
+            hash: h(i),
+            parent: (i > 0).then(|| h(i - 1)),
+            tier: Tier::Device,
+        })
+        .collect()
+}
+
 /// A lookup tracks up to 32 workers on the stack and spills to the heap beyond: both must
 /// count every worker's own prefix, with workers dropping out at different blocks.
 #[test]
@@ -374,15 +385,7 @@ fn prefixes_of_many_workers_are_counted_on_and_off_the_stack() {
         for (name, mut index) in implementations() {
             let q: Vec<_> = (0..12u8).map(h).collect();
             for w in 0..holders {
-                let len = 1 + (w * 7 % 12) as u8;
-                let run: Vec<_> = (0..len)
-                    .map(|i| KvEvent::Stored {
-                        hash: h(i),
-                        parent: (i > 0).then(|| h(i - 1)),
-                        tier: Tier::Device,
-                    })
-                    .collect();
-                index.apply_batch(WorkerId(w * 3), &run);
+                index.apply_batch(WorkerId(w * 3), &device_chain(1 + (w * 7 % 12) as u8));
             }
             let s = index.overlaps(&q);
             assert_eq!(s.len(), holders as usize, "{name}");
@@ -401,14 +404,7 @@ fn a_shared_holder_set_changes_for_one_block_only() {
     for (name, mut index) in implementations() {
         let q: Vec<_> = (0..8u8).map(h).collect();
         for w in 0..6u32 {
-            let run: Vec<_> = (0..8u8)
-                .map(|i| KvEvent::Stored {
-                    hash: h(i),
-                    parent: (i > 0).then(|| h(i - 1)),
-                    tier: Tier::Device,
-                })
-                .collect();
-            index.apply_batch(WorkerId(w), &run);
+            index.apply_batch(WorkerId(w), &device_chain(8));
         }
         index.apply(
             WorkerId(3),
