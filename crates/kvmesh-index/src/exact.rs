@@ -89,7 +89,7 @@ use crate::overlap::{walk_prefix, OverlapScores, TierMask, WorkerId};
 use crate::stats::IndexStats;
 use crate::table::Table;
 use crate::traits::PrefixIndex;
-use crate::worker_set::{position, table_bytes, Arena, Holder, Holders, Slot};
+use crate::worker_set::{position, table_bytes, Arena, Edit, Holder, Holders, Slot};
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThroughHasher>>;
 
@@ -201,27 +201,18 @@ impl ExactIndex {
                     Slot::Many(i) => {
                         // Interned sets are shared: change a copy.
                         let set = self.arena.get(i);
-                        let (changed, new) = match position(set, worker) {
+                        let (edit, new) = match position(set, worker) {
                             Ok(j) if set[j].mask().contains(tier) => {
                                 self.stats.duplicate_stores += 1;
                                 return false;
                             }
-                            Ok(j) => {
-                                let mut changed = set.to_vec();
-                                changed[j] = set[j].with_mask(set[j].mask().with(tier));
-                                (changed, false)
-                            }
-                            Err(j) => {
-                                let mut changed = Vec::with_capacity(set.len() + 1);
-                                changed.extend_from_slice(&set[..j]);
-                                changed.push(Holder::new(worker, add));
-                                changed.extend_from_slice(&set[j..]);
-                                (changed, true)
-                            }
+                            Ok(j) => (
+                                Edit::Replace(j, set[j].with_mask(set[j].mask().with(tier))),
+                                false,
+                            ),
+                            Err(j) => (Edit::Insert(j, Holder::new(worker, add)), true),
                         };
-                        *self.blocks.value_mut(slot) =
-                            Slot::Many(self.arena.intern(changed)).pack();
-                        self.arena.release(i);
+                        *self.blocks.value_mut(slot) = Slot::Many(self.arena.apply(i, edit)).pack();
                         return new;
                     }
                 };
@@ -340,20 +331,22 @@ fn unset(v: &mut u64, arena: &mut Arena, worker: WorkerId, tier: Option<Tier>) -
             let Some(new) = cleared(set[j].mask()) else {
                 return Unset::Absent;
             };
-            let mut changed = set.to_vec();
-            let result = if new.is_empty() {
-                changed.remove(j);
-                Unset::Gone
+            let (edit, result) = if new.is_empty() {
+                (Edit::Remove(j), Unset::Gone)
             } else {
-                changed[j] = changed[j].with_mask(new);
-                Unset::Kept
+                (Edit::Replace(j, set[j].with_mask(new)), Unset::Kept)
             };
-            *v = if Slot::fits_inline(&changed) {
-                Slot::encode(&changed, arena)
-            } else {
-                Slot::Many(arena.intern(changed)).pack()
+            // A set shrinking to one or two holders may fit inline again (one always does).
+            let changed = (set.len() <= 3 && matches!(edit, Edit::Remove(_)))
+                .then(|| arena.edited(i, edit))
+                .filter(|c| Slot::fits_inline(c));
+            *v = match changed {
+                Some(changed) => {
+                    arena.release(i);
+                    Slot::encode(&changed, arena)
+                }
+                None => Slot::Many(arena.apply(i, edit)).pack(),
             };
-            arena.release(i);
             return result;
         }
     };

@@ -191,18 +191,137 @@ pub(crate) struct Arena {
     interned: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
 }
 
-/// A hash of a holder set's content (a multiply-rotate fold; the map only needs spread).
+/// One holder's share of a set's content hash (a 64-bit finalizer: the map only needs spread).
+fn holder_hash(h: Holder) -> u64 {
+    let mut x = h.0 ^ (h.0 >> 33);
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// A hash of a holder set's content: the wrapping sum of its holders' hashes, so that a set
+/// one holder away from a known set hashes in O(1) ([`Arena::edited`]); shared sets of a
+/// system prompt have hundreds of holders and change one holder at a time.
 fn content_hash(holders: &[Holder]) -> u64 {
-    holders.iter().fold(holders.len() as u64, |acc, h| {
-        (acc ^ h.0)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29)
-    })
+    holders
+        .iter()
+        .fold(0u64, |acc, &h| acc.wrapping_add(holder_hash(h)))
+}
+
+/// Whether `candidate` equals `old` with `edit` applied (compared in place).
+fn equals_edited(candidate: &[Holder], old: &[Holder], edit: Edit) -> bool {
+    match edit {
+        Edit::Replace(j, h) => {
+            candidate.len() == old.len()
+                && candidate[j] == h
+                && candidate[..j] == old[..j]
+                && candidate[j + 1..] == old[j + 1..]
+        }
+        Edit::Insert(j, h) => {
+            candidate.len() == old.len() + 1
+                && candidate[j] == h
+                && candidate[..j] == old[..j]
+                && candidate[j + 1..] == old[j..]
+        }
+        Edit::Remove(j) => {
+            candidate.len() + 1 == old.len()
+                && candidate[..j] == old[..j]
+                && candidate[j..] == old[j + 1..]
+        }
+    }
+}
+
+/// A one-holder change to an arena set, at a position found with [`position`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Edit {
+    /// Put this holder at this position (same worker, other tiers).
+    Replace(usize, Holder),
+    /// Insert this holder at this position.
+    Insert(usize, Holder),
+    /// Drop the holder at this position.
+    Remove(usize),
 }
 
 impl Arena {
     pub(crate) fn get(&self, i: u32) -> &[Holder] {
         &self.sets[i as usize].holders
+    }
+
+    /// Set `i` with `edit` applied, as a new vector (for a result that fits inline).
+    pub(crate) fn edited(&self, i: u32, edit: Edit) -> Vec<Holder> {
+        let old = &self.sets[i as usize].holders[..];
+        match edit {
+            Edit::Replace(j, h) => {
+                let mut changed = old.to_vec();
+                changed[j] = h;
+                changed
+            }
+            Edit::Insert(j, h) => {
+                let mut changed = Vec::with_capacity(old.len() + 1);
+                changed.extend_from_slice(&old[..j]);
+                changed.push(h);
+                changed.extend_from_slice(&old[j..]);
+                changed
+            }
+            Edit::Remove(j) => {
+                let mut changed = Vec::with_capacity(old.len() - 1);
+                changed.extend_from_slice(&old[..j]);
+                changed.extend_from_slice(&old[j + 1..]);
+                changed
+            }
+        }
+    }
+
+    /// The interned set equal to set `i` with `edit` applied (two or more holders), created if
+    /// needed; releases the slot's reference to `i` and returns the new set's index.
+    ///
+    /// Copy on write without the copy where it can: the edited set's content hash follows from
+    /// `i`'s in O(1); if an equal set is interned (the next block of a system prompt that the
+    /// same worker just stored), it is compared in place and shared, with no allocation; if
+    /// this slot was `i`'s only reference, `i` is edited in place.
+    pub(crate) fn apply(&mut self, i: u32, edit: Edit) -> u32 {
+        let set = &self.sets[i as usize];
+        let hash = match edit {
+            Edit::Replace(j, h) => set
+                .hash
+                .wrapping_sub(holder_hash(set.holders[j]))
+                .wrapping_add(holder_hash(h)),
+            Edit::Insert(_, h) => set.hash.wrapping_add(holder_hash(h)),
+            Edit::Remove(j) => set.hash.wrapping_sub(holder_hash(set.holders[j])),
+        };
+        let shared = self.interned.get(&hash).copied();
+        if let Some(k) = shared.filter(|&k| k != i) {
+            if equals_edited(&self.sets[k as usize].holders, &set.holders, edit) {
+                self.sets[k as usize].refs += 1;
+                self.release(i);
+                return k;
+            }
+        }
+        if set.refs == 1 {
+            if self.interned.get(&set.hash) == Some(&i) {
+                self.interned.remove(&set.hash);
+            }
+            let set = &mut self.sets[i as usize];
+            match edit {
+                Edit::Replace(j, h) => set.holders[j] = h,
+                Edit::Insert(j, h) => set.holders.insert(j, h),
+                Edit::Remove(j) => {
+                    set.holders.remove(j);
+                }
+            }
+            set.hash = hash;
+            debug_assert!(set.holders.len() >= 2);
+            debug_assert_eq!(hash, content_hash(&set.holders));
+            if shared.is_none() {
+                self.interned.insert(hash, i);
+            }
+            return i;
+        }
+        let changed = self.edited(i, edit);
+        let k = self.add(changed, hash, shared.is_none());
+        self.release(i);
+        k
     }
 
     /// A reference to the interned set equal to `holders` (sorted, two or more), created if
@@ -218,6 +337,13 @@ impl Arena {
                 return i;
             }
         }
+        self.add(holders, hash, shared.is_none())
+    }
+
+    /// Stores a new set with one reference, registered for interning if `register` (its hash
+    /// is not taken).
+    fn add(&mut self, holders: Vec<Holder>, hash: u64, register: bool) -> u32 {
+        debug_assert_eq!(hash, content_hash(&holders));
         let set = Set {
             holders,
             refs: 1,
@@ -231,7 +357,7 @@ impl Arena {
             self.sets.push(set);
             i
         };
-        if shared.is_none() {
+        if register {
             self.interned.insert(hash, i);
         }
         i
@@ -342,6 +468,39 @@ mod tests {
         a.release(i);
         a.release(j);
         assert_eq!((a.sets.len(), a.interned.len()), (0, 0));
+    }
+
+    #[test]
+    fn apply_shares_edits_in_place_or_copies() {
+        let d = |w| Holder::new(WorkerId(w), TierMask::of(Tier::Device));
+        let mut a = Arena::default();
+        let base = vec![d(1), d(2), d(4)];
+        // Two slots share `s`; editing one copies, the other keeps the old content.
+        let s = a.intern(base.clone());
+        assert_eq!(a.intern(base.clone()), s);
+        let t = a.apply(s, Edit::Insert(2, d(3)));
+        assert_ne!(t, s);
+        assert_eq!(a.get(s), &base[..]);
+        assert_eq!(a.get(t), &[d(1), d(2), d(3), d(4)]);
+        // The same edit of the other slot finds `t` without a copy, and frees `s`.
+        assert_eq!(a.apply(s, Edit::Insert(2, d(3))), t);
+        assert_eq!(a.sets[t as usize].refs, 2);
+        assert_eq!(a.interned.len(), 1, "s is gone");
+        // A set with one reference is edited in place, and stays findable by content.
+        let u = a.intern(vec![d(5), d(6), d(7)]);
+        let host = Holder::new(WorkerId(6), TierMask::of(Tier::Host));
+        assert_eq!(a.apply(u, Edit::Replace(1, host)), u);
+        assert_eq!(a.get(u), &[d(5), host, d(7)]);
+        assert_eq!(a.intern(vec![d(5), host, d(7)]), u);
+        let v = a.apply(u, Edit::Remove(0));
+        assert_ne!(v, u, "two references now: copy");
+        assert_eq!((a.sets[u as usize].refs, a.get(v)), (1, &[host, d(7)][..]));
+        for i in 0..a.sets.len() as u32 {
+            let set = &a.sets[i as usize];
+            if set.refs > 0 {
+                assert_eq!(set.hash, content_hash(&set.holders), "set {i}");
+            }
+        }
     }
 
     #[test]
