@@ -132,11 +132,23 @@ impl ExactIndex {
     /// The holders of one block, sorted by worker.
     #[inline]
     pub(crate) fn holders(&self, hash: &SequenceHash) -> Option<Holders<'_>> {
-        self.blocks.get(key(*hash)).map(|v| match Slot::unpack(v) {
+        self.slot(hash).map(|v| self.resolve(v))
+    }
+
+    /// The packed [`Slot`] of one block.
+    #[inline]
+    pub(crate) fn slot(&self, hash: &SequenceHash) -> Option<u64> {
+        self.blocks.get(key(*hash))
+    }
+
+    /// The holders a packed [`Slot`] of this index stands for.
+    #[inline]
+    pub(crate) fn resolve(&self, slot: u64) -> Holders<'_> {
+        match Slot::unpack(slot) {
             Slot::One(h) => Holders::One(h),
             Slot::Two(a, b) => Holders::Two([a, b]),
             Slot::Many(i) => Holders::Many(self.arena.get(i)),
-        })
+        }
     }
 
     /// Starts loading the table bucket of `hash` into cache.
@@ -435,7 +447,8 @@ impl PrefixIndex for ExactIndex {
             hashes,
             PREFETCH_AHEAD,
             |h| self.prefetch(h),
-            |h| self.holders(h),
+            |h| self.slot(h).map(|v| (v, 0)),
+            |v, _| self.resolve(v),
         )
     }
 

@@ -143,8 +143,13 @@ const ACTIVE_INLINE: usize = 32;
 ///
 /// A block whose holders (workers and tiers) equal those of the last merged block cannot
 /// change the active set, so it is only counted, in bulk at the next merge: the blocks of a
-/// shared prefix held by many workers cost one comparison each instead of a merge (an address
-/// comparison for interned sets, see [`Holders::same_as`]).
+/// shared prefix held by many workers cost one comparison each instead of a merge.
+///
+/// `lookup` returns a block's packed slot (`worker_set.rs`) and the id of the arena its
+/// holder set lives in (the shard, for `ShardedIndex`); `resolve` turns those into the
+/// holders. A block whose slot and arena equal the last block's has the same holders (one
+/// inline value, or one interned set), so it is counted without touching the arena at all;
+/// otherwise the holders are compared ([`Holders::same_as`]) before they are merged.
 ///
 /// `prefetch` starts loading a block's table bucket; the walk calls it `ahead` blocks before
 /// it looks the block up, so that the misses of the blocks ahead overlap with this one's work.
@@ -152,12 +157,14 @@ pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
     ahead: usize,
     prefetch: impl Fn(&SequenceHash),
-    lookup: impl Fn(&SequenceHash) -> Option<Holders<'a>>,
+    lookup: impl Fn(&SequenceHash) -> Option<(u64, u32)>,
+    resolve: impl Fn(u64, u32) -> Holders<'a>,
 ) -> OverlapScores {
     hashes.iter().take(ahead).for_each(&prefetch);
-    let Some(mut last) = hashes.first().and_then(&lookup) else {
+    let Some(mut last_slot) = hashes.first().and_then(&lookup) else {
         return OverlapScores::default();
     };
+    let mut last = resolve(last_slot.0, last_slot.1);
     // `scores`: every holder of the first block, sorted by id, with its counts; it is the
     // answer, already sorted. `active`: the indexes in `scores` of the workers holding every
     // block so far (so also sorted by id), with their tiers in `last`.
@@ -186,9 +193,15 @@ pub(crate) fn walk_prefix<'a>(
         if let Some(a) = hashes.get(i + ahead) {
             prefetch(a);
         }
-        let Some(holders) = lookup(h) else {
+        let Some(slot) = lookup(h) else {
             break;
         };
+        if slot == last_slot {
+            repeats += 1;
+            continue;
+        }
+        last_slot = slot;
+        let holders = resolve(slot.0, slot.1);
         if holders.same_as(&last) {
             repeats += 1;
             continue;

@@ -96,7 +96,11 @@ impl ShardedIndex {
             hashes,
             16,
             |h| guards[self.shard_of(h)].prefetch(h),
-            |h| guards[self.shard_of(h)].holders(h),
+            |h| {
+                let s = self.shard_of(h);
+                guards[s].slot(h).map(|v| (v, s as u32))
+            },
+            |v, s| guards[s as usize].resolve(v),
         )
     }
 
