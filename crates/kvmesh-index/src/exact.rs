@@ -165,12 +165,12 @@ impl ExactIndex {
             KvEvent::Stored { hash, parent, .. } => {
                 if let Some(p) = parent {
                     if previous.and_then(event_hash) != Some(*p) {
-                        self.prefetch(p);
+                        self.blocks.prefetch_for_update(key(*p));
                     }
                 }
-                self.prefetch(hash);
+                self.blocks.prefetch_for_update(key(*hash));
             }
-            KvEvent::Removed { hash, .. } => self.prefetch(hash),
+            KvEvent::Removed { hash, .. } => self.blocks.prefetch_for_update(key(*hash)),
             KvEvent::Cleared { .. } => {}
         }
     }
