@@ -46,13 +46,14 @@
 //! the tree's at 16 workers and 1.58x -> 1.90x at 256; lookup p50 1.05x -> 0.63x and 0.37x ->
 //! 0.31x. Distances of 8, 24 and 32 measured within noise of 16. Batches are the caller's: the
 //! window cannot reach past the end of one `apply_batch`, so each run still waits once for its
-//! first bucket.
+//! first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
+//! probe into it, removals shift it); lookups do not, where the extra lines measured slower.
 //!
-//! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, `BENCH.md` beside this crate;
-//! shared 2-core VM, so ratios move by ~10-20% between runs): churn ingest ~2.2x / ~1.9x the
-//! tree's (16 / 256 workers), lookup p50 ~0.55-0.6x / ~0.3x, 25 / 21 bytes per (worker, block)
-//! entry against the tree's 76 / 77. Missed: lookup p50 <= 0.5x at 16 workers, and ingest
-//! >= 2x at 256 workers, by 5-15% each.
+//! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, run H in `BENCH.md` beside this
+//! crate; shared 2-core VM, so ratios move by ~10% between runs): churn ingest 2.20x / 2.05x
+//! the tree's (16 / 256 workers), lookup p50 0.47x / 0.31x, 25 / 21 bytes per (worker, block)
+//! entry against the tree's 76 / 77. The 256-worker ingest and 16-worker lookup targets (>= 2x,
+//! <= 0.5x) are met with thin margins: quick runs spread over 2.01-2.14x and 0.39-0.53x.
 //!
 //! **Tried and dropped: a run layout (2026-12-02).** Entries in a flat array where a block
 //! stored after its parent takes the next entry when it is free (a doubly-linked free list
@@ -78,7 +79,8 @@
 //!
 //! Cost of a lookup: one hash-map probe per block of the matched prefix (a cache miss each on a
 //! large index, prefetched 16 blocks ahead) plus a linear merge of the sorted holder sets, skipped
-//! when a block shares the holder set of the block before it (one address comparison).
+//! when a block's packed slot equals the block before it (one integer comparison: the same
+//! inline holders or the same interned set, whose holders are then never read).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;

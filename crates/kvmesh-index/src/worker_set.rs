@@ -9,11 +9,17 @@
 //! **Interned sets (2026-11-28).** The blocks of one system prompt are usually held by the
 //! same workers, so the arena keeps one copy of each distinct set, reference counted, and
 //! slots with equal sets share it. A lookup then tells "same holders as the block before" by
-//! comparing two addresses instead of two lists of hundreds of holders (at 256 workers that
-//! comparison, element by element, was half of a lookup's time), and the fleet's copies of a prompt's holder list
-//! cost memory once. The price is copy on write: adding or dropping one holder of a shared set
-//! builds a new list, hashes it and looks it up (O(holders), as the in-place `Vec::insert` it
-//! replaces was, plus an allocation).
+//! comparing two packed slots instead of two lists of hundreds of holders (at 256 workers that
+//! comparison, element by element, was half of a lookup's time), and the fleet's copies of a
+//! prompt's holder list cost memory once. The price is copy on write: adding or dropping one
+//! holder of a shared set must not change the other blocks that share it.
+//!
+//! **Cheap copy on write (2026-12-02).** A set's content hash is the wrapping sum of its
+//! holders' hashes, so the hash of a set one holder away follows in O(1). [`Arena::apply`]
+//! first looks for an equal interned set by that hash and compares it in place (the next block
+//! of a prompt that the same worker just stored finds the set its predecessor created, with no
+//! allocation); a set whose only reference is the edited slot is changed in place; only
+//! otherwise is a new vector built. At 256 workers about 9% of events edit a shared set.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
