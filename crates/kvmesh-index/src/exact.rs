@@ -53,7 +53,8 @@
 //! crate; shared 2-core VM, so ratios move by ~10% between runs): churn ingest 2.20x / 2.05x
 //! the tree's (16 / 256 workers), lookup p50 0.47x / 0.31x, 25 / 21 bytes per (worker, block)
 //! entry against the tree's 76 / 77. The 256-worker ingest and 16-worker lookup targets (>= 2x,
-//! <= 0.5x) are met with thin margins: quick runs spread over 2.01-2.14x and 0.39-0.53x.
+//! <= 0.5x) are met with thin margins: quick runs spread over 2.01-2.23x, and 0.39-0.51x in
+//! quiet periods but 0.50-0.64x while other tenants load the host (BENCH.md, "Noise").
 //!
 //! **Tried and dropped: a run layout (2026-12-02).** Entries in a flat array where a block
 //! stored after its parent takes the next entry when it is free (a doubly-linked free list
