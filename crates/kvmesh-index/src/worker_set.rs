@@ -207,7 +207,7 @@ fn holder_hash(h: Holder) -> u64 {
 }
 
 /// A hash of a holder set's content: the wrapping sum of its holders' hashes, so that a set
-/// one holder away from a known set hashes in O(1) ([`Arena::edited`]); shared sets of a
+/// one holder away from a known set hashes in O(1) ([`Arena::apply`]); shared sets of a
 /// system prompt have hundreds of holders and change one holder at a time.
 fn content_hash(holders: &[Holder]) -> u64 {
     holders
