@@ -377,6 +377,23 @@ fn device_chain(len: u8) -> Vec<KvEvent> {
         .collect()
 }
 
+/// Requests much longer than the walk's prefetch window (16 blocks ahead, a ring of 32 homes):
+/// every worker's own prefix length, up to 150 blocks, on every implementation.
+#[test]
+fn long_prefixes_are_counted_past_the_prefetch_window() {
+    for (name, mut index) in implementations() {
+        let lens = [1u8, 15, 16, 17, 31, 32, 33, 47, 48, 64, 100, 150];
+        for (w, &len) in lens.iter().enumerate() {
+            index.apply_batch(WorkerId(w as u32), &device_chain(len));
+        }
+        let q: Vec<_> = (0..200u8).map(h).collect();
+        let s = index.overlaps(&q);
+        for (w, &len) in lens.iter().enumerate() {
+            assert_eq!(s.get(WorkerId(w as u32)).total(), u32::from(len), "{name}: worker {w}");
+        }
+    }
+}
+
 /// A lookup tracks up to 32 workers on the stack and spills to the heap beyond: both must
 /// count every worker's own prefix, with workers dropping out at different blocks.
 #[test]
