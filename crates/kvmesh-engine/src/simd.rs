@@ -24,13 +24,29 @@ pub(crate) enum SimdLevel {
 pub(crate) fn max_level() -> SimdLevel {
     static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let cap = match std::env::var("KVMESH_MAX_SIMD").as_deref() {
-            Ok("scalar") => SimdLevel::Scalar,
-            Ok("avx2") => SimdLevel::Avx2,
-            _ => SimdLevel::Avx512,
+        let cap = match std::env::var("KVMESH_MAX_SIMD") {
+            Ok(value) => parse_cap(&value).unwrap_or_else(|| {
+                // A developer's knob, read once: say so rather than silently run the widest
+                // kernels when a comparison meant to cap them.
+                eprintln!(
+                    "kvmesh: ignoring KVMESH_MAX_SIMD={value:?}: expected scalar, avx2 or avx512"
+                );
+                SimdLevel::Avx512
+            }),
+            Err(_) => SimdLevel::Avx512,
         };
         cpu_level().min(cap)
     })
+}
+
+/// A `KVMESH_MAX_SIMD` value (any case, surrounding spaces ignored), or `None` if unknown.
+fn parse_cap(value: &str) -> Option<SimdLevel> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "scalar" => Some(SimdLevel::Scalar),
+        "avx2" => Some(SimdLevel::Avx2),
+        "avx512" => Some(SimdLevel::Avx512),
+        _ => None,
+    }
 }
 
 /// The widest level this CPU supports.
@@ -46,4 +62,19 @@ pub(crate) fn cpu_level() -> SimdLevel {
         return SimdLevel::Avx2;
     }
     SimdLevel::Scalar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_cap, SimdLevel};
+
+    #[test]
+    fn caps_parse_in_any_case_and_unknown_ones_are_refused() {
+        assert_eq!(parse_cap("avx2"), Some(SimdLevel::Avx2));
+        assert_eq!(parse_cap(" AVX2 "), Some(SimdLevel::Avx2));
+        assert_eq!(parse_cap("Scalar"), Some(SimdLevel::Scalar));
+        assert_eq!(parse_cap("avx512"), Some(SimdLevel::Avx512));
+        assert_eq!(parse_cap("avx-2"), None);
+        assert_eq!(parse_cap(""), None);
+    }
 }

@@ -389,7 +389,11 @@ fn long_prefixes_are_counted_past_the_prefetch_window() {
         let q: Vec<_> = (0..200u8).map(h).collect();
         let s = index.overlaps(&q);
         for (w, &len) in lens.iter().enumerate() {
-            assert_eq!(s.get(WorkerId(w as u32)).total(), u32::from(len), "{name}: worker {w}");
+            assert_eq!(
+                s.get(WorkerId(w as u32)).total(),
+                u32::from(len),
+                "{name}: worker {w}"
+            );
         }
     }
 }
