@@ -103,7 +103,7 @@ fn key(hash: SequenceHash) -> u64 {
 
 /// How many events (or request blocks) ahead of the one being processed `apply_batch` (and
 /// `overlaps`) prefetch table buckets.
-const PREFETCH_AHEAD: usize = 16;
+pub(crate) const PREFETCH_AHEAD: usize = 16;
 
 /// The default single-threaded index. Wrap it in [`crate::ShardedIndex`] to share it between
 /// threads.
