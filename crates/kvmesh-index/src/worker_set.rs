@@ -249,6 +249,19 @@ pub(crate) enum Edit {
     Remove(usize),
 }
 
+impl Edit {
+    /// Applies the edit to a holder list in place.
+    fn apply_to(self, holders: &mut Vec<Holder>) {
+        match self {
+            Edit::Replace(j, h) => holders[j] = h,
+            Edit::Insert(j, h) => holders.insert(j, h),
+            Edit::Remove(j) => {
+                holders.remove(j);
+            }
+        }
+    }
+}
+
 impl Arena {
     pub(crate) fn get(&self, i: u32) -> &[Holder] {
         &self.sets[i as usize].holders
@@ -256,27 +269,11 @@ impl Arena {
 
     /// Set `i` with `edit` applied, as a new vector (for a result that fits inline).
     pub(crate) fn edited(&self, i: u32, edit: Edit) -> Vec<Holder> {
-        let old = &self.sets[i as usize].holders[..];
-        match edit {
-            Edit::Replace(j, h) => {
-                let mut changed = old.to_vec();
-                changed[j] = h;
-                changed
-            }
-            Edit::Insert(j, h) => {
-                let mut changed = Vec::with_capacity(old.len() + 1);
-                changed.extend_from_slice(&old[..j]);
-                changed.push(h);
-                changed.extend_from_slice(&old[j..]);
-                changed
-            }
-            Edit::Remove(j) => {
-                let mut changed = Vec::with_capacity(old.len() - 1);
-                changed.extend_from_slice(&old[..j]);
-                changed.extend_from_slice(&old[j + 1..]);
-                changed
-            }
-        }
+        let old = &self.sets[i as usize].holders;
+        let mut changed = Vec::with_capacity(old.len() + 1);
+        changed.extend_from_slice(old);
+        edit.apply_to(&mut changed);
+        changed
     }
 
     /// The interned set equal to set `i` with `edit` applied (two or more holders), created if
@@ -309,13 +306,7 @@ impl Arena {
                 self.interned.remove(&set.hash);
             }
             let set = &mut self.sets[i as usize];
-            match edit {
-                Edit::Replace(j, h) => set.holders[j] = h,
-                Edit::Insert(j, h) => set.holders.insert(j, h),
-                Edit::Remove(j) => {
-                    set.holders.remove(j);
-                }
-            }
+            edit.apply_to(&mut set.holders);
             set.hash = hash;
             debug_assert!(set.holders.len() >= 2);
             debug_assert_eq!(hash, content_hash(&set.holders));
