@@ -48,6 +48,8 @@ use kvmesh_index::{ExactIndex, ShardedIndex};
 
 #[path = "index/alloc.rs"]
 mod alloc;
+#[path = "index/floor.rs"]
+mod floor;
 #[cfg(feature = "dynamo")]
 #[path = "index/dynamo.rs"]
 mod peer;
@@ -57,6 +59,7 @@ mod subjects;
 mod workload;
 
 use alloc::COUNT_ALLOC;
+use floor::LineFloor;
 use subjects::{Kvmesh, Subject};
 use workload::{Block, Config, Op, Workload};
 
@@ -225,9 +228,12 @@ fn fleet(workers: u32, k: &Knobs) -> Vec<Box<dyn Subject>> {
     }
     let mut disagree = 0;
     let (mut hit, mut holders) = (0.0, 0usize);
+    let mut probed = Vec::with_capacity(queries.len());
     for (i, q) in queries.iter().enumerate() {
         let first = subs[0].scores(i);
-        hit += first.iter().map(|&(_, c)| c).max().unwrap_or(0) as f64 / q.len() as f64;
+        let best = first.iter().map(|&(_, c)| c).max().unwrap_or(0) as usize;
+        hit += best as f64 / q.len() as f64;
+        probed.push((best + 1).min(q.len()));
         holders += first.len();
         if subs[1..].iter().any(|s| s.scores(i) != first) {
             disagree += 1;
@@ -242,28 +248,39 @@ fn fleet(workers: u32, k: &Knobs) -> Vec<Box<dyn Subject>> {
     );
     println!("| index | p50 | p90 | p99 | p99.9 | mean | p50 ratio vs first |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    // One untimed pass each, then batches of 256 queries round-robin over the indexes, so
-    // that a noisy neighbour on a shared machine hits all of them alike.
+    let lens: Vec<usize> = queries.iter().map(Vec::len).collect();
+    let floor = LineFloor::new(subs[0].own_estimate().unwrap_or(0), &probed, &lens, k.seed);
+    // One untimed pass each, then batches of 256 queries round-robin over the indexes and the
+    // floor, so that a noisy neighbour on a shared machine hits all of them alike.
     for s in subs.iter_mut() {
         s.time_lookups(0..queries.len());
     }
-    let mut times = vec![Vec::with_capacity(queries.len()); n];
+    floor.time_lookups(0..queries.len());
+    let mut times = vec![Vec::with_capacity(queries.len()); n + 1];
     for start in (0..queries.len()).step_by(256) {
         let range = start..(start + 256).min(queries.len());
         for (s, t) in subs.iter_mut().zip(&mut times) {
             t.extend(s.time_lookups(range.clone()));
         }
+        times[n].extend(floor.time_lookups(range));
     }
+    let names: Vec<String> = subs
+        .iter()
+        .map(|s| s.name())
+        .chain([floor.name()])
+        .collect();
     let mut base_p50 = 0;
-    for (s, mut ns) in subs.iter().zip(times) {
+    let mut floor_p50 = 0;
+    for (name, mut ns) in names.iter().zip(times) {
         ns.sort_unstable();
         let p50 = percentile(&ns, 0.5);
         if base_p50 == 0 {
             base_p50 = p50;
         }
+        floor_p50 = p50;
         println!(
             "| {} | {:.2} us | {:.2} us | {:.2} us | {:.2} us | {:.2} us | {:.2} |",
-            s.name(),
+            name,
             p50 as f64 / 1e3,
             percentile(&ns, 0.9) as f64 / 1e3,
             percentile(&ns, 0.99) as f64 / 1e3,
@@ -272,6 +289,11 @@ fn fleet(workers: u32, k: &Knobs) -> Vec<Box<dyn Subject>> {
             p50 as f64 / base_p50 as f64
         );
     }
+    println!(
+        "\n{} p50 / floor p50: {:.2} (the floor reads the lines its walk probes and nothing else; see `index/floor.rs`)",
+        names[0],
+        base_p50 as f64 / floor_p50 as f64
+    );
     assert_eq!(disagree, 0, "indexes disagree on overlaps");
     subs
 }
