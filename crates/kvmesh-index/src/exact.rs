@@ -37,14 +37,15 @@
 //!
 //! **Overlapping misses.** On a large index every probe is a cache miss, and a miss that a
 //! branch depends on stalls everything after it. Both `apply_batch` and lookups therefore
-//! prefetch the home buckets of the events (or request blocks) 16 ahead of the one they are
+//! prefetch the home buckets of the events 16 ahead (request blocks 8 ahead) of the one they are
 //! processing (`prefetch.rs`, the crate's one `unsafe` call: a prefetch instruction retires at
 //! once, so the misses of the window fly while the core works on warm lines). Until 2026-12-02
 //! the crate forbade `unsafe` and read the buckets of a group of 16 instead; those loads held
 //! the core's reorder window until they completed, so the groups' misses overlapped with each
 //! other but not with the work. One quick run each (Zen 5 host): churn ingest 1.75x -> 2.24x
 //! the tree's at 16 workers and 1.58x -> 1.90x at 256; lookup p50 1.05x -> 0.63x and 0.37x ->
-//! 0.31x. Distances of 8, 24 and 32 measured within noise of 16. Batches are the caller's: the
+//! 0.31x. Distances of 8, 24 and 32 measured within noise of 16 there; on a Zen 4 host, 8 is
+//! better for lookups, whose blocks prefetched past the matched prefix are wasted. Batches are the caller's: the
 //! window cannot reach past the end of one `apply_batch`, so each run still waits once for its
 //! first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
 //! probe into it, removals shift it); lookups do not, where the extra lines measured slower.
@@ -79,7 +80,7 @@
 //! assume. Storing the chain's hashes with the proof (exact without trust) is a compressed tree.
 //!
 //! Cost of a lookup: one hash-map probe per block of the matched prefix (a cache miss each on a
-//! large index, prefetched 16 blocks ahead) plus a linear merge of the sorted holder sets, skipped
+//! large index, prefetched 8 blocks ahead) plus a linear merge of the sorted holder sets, skipped
 //! when a block's packed slot equals the block before it (one integer comparison: the same
 //! inline holders or the same interned set, whose holders are then never read).
 
@@ -101,9 +102,15 @@ fn key(hash: SequenceHash) -> u64 {
     hash.as_u128() as u64
 }
 
-/// How many events (or request blocks) ahead of the one being processed `apply_batch` (and
-/// `overlaps`) prefetch table buckets.
+/// How many events ahead of the one being processed `apply_batch` prefetches table buckets.
 pub(crate) const PREFETCH_AHEAD: usize = 16;
+
+/// How many request blocks ahead of the one being looked up `overlaps` prefetches table
+/// buckets. Shorter than for events: the blocks prefetched past the end of the matched prefix
+/// are wasted misses, and a lookup's prefix is short (tens of blocks). On the Zen 4 host of
+/// 2026-12-02, 8 beat 16 in six of six alternating runs at 16 workers (0.48-0.60x against
+/// 0.50-0.63x the tree's p50) and tied at 256; 6 and 12 measured between the two.
+pub(crate) const LOOKUP_PREFETCH_AHEAD: usize = 8;
 
 /// The default single-threaded index. Wrap it in [`crate::ShardedIndex`] to share it between
 /// threads.
@@ -448,7 +455,7 @@ impl PrefixIndex for ExactIndex {
     fn overlaps(&self, hashes: &[SequenceHash]) -> OverlapScores {
         walk_prefix(
             hashes,
-            PREFETCH_AHEAD,
+            LOOKUP_PREFETCH_AHEAD,
             |h| self.prefetch(h),
             |h| self.slot(h).map(|v| (v, 0)),
             |v, _| self.resolve(v),

@@ -14,7 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kvmesh_core::{KvEvent, SequenceHash};
 
-use crate::exact::{ExactIndex, PREFETCH_AHEAD};
+use crate::exact::{ExactIndex, LOOKUP_PREFETCH_AHEAD};
 use crate::overlap::{walk_prefix, OverlapScores, WorkerId};
 use crate::stats::IndexStats;
 use crate::traits::PrefixIndex;
@@ -94,7 +94,7 @@ impl ShardedIndex {
         let guards: Vec<_> = (0..self.shards.len()).map(|i| self.read(i)).collect();
         walk_prefix(
             hashes,
-            PREFETCH_AHEAD,
+            LOOKUP_PREFETCH_AHEAD,
             |h| guards[self.shard_of(h)].prefetch(h),
             |h| {
                 let s = self.shard_of(h);

@@ -2,7 +2,7 @@
 //!
 //! `ExactIndex` answers a lookup with one table probe per block of the matched prefix, plus
 //! the blocks it prefetched past the end of the match: one random cache line each, prefetched
-//! `PREFETCH_AHEAD` (16) blocks ahead. On a large table those misses are the lookup's cost,
+//! `LOOKUP_PREFETCH_AHEAD` (8) blocks ahead. On a large table those misses are the lookup's cost,
 //! and what a miss costs depends on how much of the shared last-level cache the host's other
 //! tenants leave (on the Zen 5 VM of `BENCH.md`, 64 random lines from a 6 MiB buffer took
 //! 0.4 us in one minute and twice that in another).
@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use crate::workload::mix64;
 
-/// How far ahead `ExactIndex` prefetches (its `PREFETCH_AHEAD`, which is crate-private).
-const AHEAD: usize = 16;
+/// How far ahead `ExactIndex` prefetches (its `LOOKUP_PREFETCH_AHEAD`, which is crate-private).
+const AHEAD: usize = 8;
 
 /// u64 words per 64-byte cache line.
 const LINE_WORDS: usize = 8;
