@@ -24,7 +24,8 @@
 //! of pure stores), warm churn (2 x capacity events), measured churn (stores + removes),
 //! memory at that steady state, then `KVMESH_BENCH_QUERIES` lookups of 64..128-block request
 //! chains, each timed alone with `Instant` (p50/p99/p99.9), with hit ratio and a check that every
-//! index returns the same per-worker overlaps. Then a churn run of `KVMESH_BENCH_CHURN_EVENTS`
+//! index returns the same per-worker overlaps; beside them, a random-line floor (the cache lines
+//! ExactIndex's walk probes, read with nothing else: `index/floor.rs`). Then a churn run of `KVMESH_BENCH_CHURN_EVENTS`
 //! (default 10M) events at `KVMESH_BENCH_CHURN_WORKERS` (default 256) workers printing memory at
 //! 10 checkpoints, and criterion means for lookups and cold-fill ingest.
 //!
@@ -38,7 +39,8 @@
 //! `KVMESH_BENCH_COUNT_ALLOC=0` turns counting off to show its cost on timings.
 //!
 //! Files: `index/workload.rs` (generator), `index/subjects.rs` (the [`Subject`] interface and kvmesh's
-//! adapters), `index/dynamo.rs` (the peer, feature `dynamo`), `index/alloc.rs` (counting allocator).
+//! adapters), `index/dynamo.rs` (the peer, feature `dynamo`), `index/alloc.rs` (counting allocator),
+//! `index/floor.rs` (the random-line floor).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
