@@ -82,6 +82,7 @@ struct Knobs {
     threads: usize,
     queries: usize,
     chunk: usize,
+    shards: usize,
 }
 
 /// How many indexes are compared (2 for kvmesh, 2 more with `dynamo`).
@@ -91,7 +92,7 @@ const SUBJECTS: usize = if cfg!(feature = "dynamo") { 4 } else { 2 };
 fn subject(i: usize, workers: u32, k: &Knobs) -> Box<dyn Subject> {
     match i {
         0 => Box::new(Kvmesh::new(ExactIndex::new(), 1)),
-        1 => Box::new(Kvmesh::new(ShardedIndex::new(16), k.threads)),
+        1 => Box::new(Kvmesh::new(ShardedIndex::new(k.shards), k.threads)),
         #[cfg(feature = "dynamo")]
         2 => Box::new(peer::Radix::new(workers)),
         #[cfg(feature = "dynamo")]
@@ -424,6 +425,7 @@ fn main() {
         threads: env_usize("KVMESH_BENCH_THREADS", 2),
         queries: env_usize("KVMESH_BENCH_QUERIES", if quick { 200 } else { 20_000 }),
         chunk: if quick { 2048 } else { 65_536 },
+        shards: env_usize("KVMESH_BENCH_SHARDS", 1),
     };
     let workers: Vec<u32> = std::env::var("KVMESH_BENCH_WORKERS")
         .unwrap_or_else(|_| if quick { "4".into() } else { "16,256".into() })

@@ -171,7 +171,7 @@ impl ExactIndex {
     /// Starts loading the table buckets an event will probe: its block's, and its parent's
     /// unless the event before it stored the parent (a run).
     #[inline]
-    fn prefetch_event(&self, event: &KvEvent, previous: Option<&KvEvent>) {
+    pub(crate) fn prefetch_event(&self, event: &KvEvent, previous: Option<&KvEvent>) {
         match event {
             KvEvent::Stored { hash, parent, .. } => {
                 if let Some(p) = parent {
@@ -391,7 +391,7 @@ fn unset(v: &mut u64, arena: &mut Arena, worker: WorkerId, tier: Option<Tier>) -
 }
 
 /// The block a `Stored` or `Removed` event names.
-fn event_hash(e: &KvEvent) -> Option<SequenceHash> {
+pub(crate) fn event_hash(e: &KvEvent) -> Option<SequenceHash> {
     match *e {
         KvEvent::Stored { hash, .. } | KvEvent::Removed { hash, .. } => Some(hash),
         KvEvent::Cleared { .. } => None,

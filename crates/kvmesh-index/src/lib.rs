@@ -32,7 +32,8 @@
 //! - [`ExactIndex`]: single-threaded, exact, the default inside one event loop (the simulator,
 //!   a router task that owns its index).
 //! - [`ShardedIndex`]: the same data behind per-shard read-write locks, for a router whose
-//!   event consumers and request handlers run on different threads.
+//!   event consumers and request handlers run on different threads. Feed it batches, and use
+//!   one shard unless many threads apply single events (`sharded.rs` has the numbers).
 //! - [`ApproxIndex`]: for engines that publish no events: learns from routing decisions, with a
 //!   TTL and a capacity bound.
 //!

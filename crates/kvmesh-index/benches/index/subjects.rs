@@ -94,6 +94,9 @@ impl<I> Kvmesh<I> {
 /// What `Kvmesh<I>` needs beyond `PrefixIndex`: a shared-reference apply for threaded ingest.
 pub(crate) trait KvmeshIndex: PrefixIndex + Sync {
     const NAME: &'static str;
+    fn label(&self) -> String {
+        Self::NAME.to_string()
+    }
     const ID: &'static str;
     fn apply_run(&self, _worker: WorkerId, _events: &[KvEvent]) {
         unreachable!("single-threaded index")
@@ -106,18 +109,19 @@ impl KvmeshIndex for ExactIndex {
 }
 
 impl KvmeshIndex for ShardedIndex {
-    const NAME: &'static str = "kvmesh ShardedIndex(16)";
+    const NAME: &'static str = "kvmesh ShardedIndex";
     const ID: &'static str = "kvmesh_sharded";
+    fn label(&self) -> String {
+        format!("{}({})", Self::NAME, self.shard_count())
+    }
     fn apply_run(&self, worker: WorkerId, events: &[KvEvent]) {
-        for e in events {
-            self.apply_shared(worker, e);
-        }
+        self.apply_batch_shared(worker, events);
     }
 }
 
 impl<I: KvmeshIndex> Subject for Kvmesh<I> {
     fn name(&self) -> String {
-        format!("{}, {} thread(s)", I::NAME, self.threads)
+        format!("{}, {} thread(s)", self.index.label(), self.threads)
     }
 
     fn id(&self) -> &'static str {
