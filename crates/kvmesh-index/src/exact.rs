@@ -68,6 +68,13 @@
 //! and ingest fell 20-40%. A run-length-aware allocator (runs are known per batch) would cut
 //! the fragmentation, but the dependent second miss at every run boundary remains.
 //!
+//! **Tried and dropped: runs (2026-12-02).** Chains of one-holder blocks kept as key vectors,
+//! with run id and offset in the slot's spare bits, so a lookup compares the request with a
+//! run's keys instead of probing each member; any change to a member cut its run. Exact, and
+//! it skipped half of the probed blocks, but lookups did not get faster (the skipped probes
+//! were the warm ones; each run cost a dependent miss), ingest lost 30% and memory grew 25%
+//! (`BENCH.md`, runs K and L).
+//!
 //! **Not done: lookups with fewer probes than blocks.** A lookup still probes every block of
 //! the matched prefix; the tree probes one node per compressed edge. Skipping blocks (galloping
 //! over the request, trusting that a worker holding block i holds 0..i) needs a proof that the

@@ -16,6 +16,7 @@ fn implementations() -> Vec<(&'static str, Box<dyn PrefixIndex>)> {
     vec![
         ("exact", Box::new(ExactIndex::new())),
         ("sharded", Box::new(ShardedIndex::new(4))),
+        ("sharded, one shard", Box::new(ShardedIndex::new(1))),
         (
             "approx",
             Box::new(ApproxIndex::new(u64::MAX / 4, usize::MAX).unwrap()),
@@ -395,6 +396,79 @@ fn long_prefixes_are_counted_past_the_prefetch_window() {
                 "{name}: worker {w}"
             );
         }
+    }
+}
+
+/// Every change inside a chain that one worker stored block after block must show in lookups:
+/// a branch off its middle, a middle block removed and stored again, a tier dropped, a second
+/// holder. (An index that reads such chains without probing each block must notice all of
+/// them: a dropped experiment, "runs", failed this test when a branch moved its parent out of
+/// its chain; see `BENCH.md`.)
+#[test]
+fn changes_inside_a_chain_stored_by_one_worker_show_in_lookups() {
+    use KvEvent::{Removed, Stored};
+    let q: Vec<_> = (0..40u8).map(h).collect();
+    let device = Tier::Device;
+    for (name, mut index) in implementations() {
+        let (w, other) = (WorkerId(1), WorkerId(2));
+        let counts = |index: &dyn PrefixIndex| index.overlaps(&q).get(w);
+        index.apply_batch(w, &device_chain(40));
+        assert_eq!(counts(&*index).total(), 40, "{name}");
+        // A branch off block 9 must not take block 9 out of the chain's run.
+        let branch = SequenceHash::from_u128(1000);
+        let (parent, tier) = (Some(h(9)), device);
+        index.apply(
+            w,
+            &Stored {
+                hash: branch,
+                parent,
+                tier,
+            },
+        );
+        assert_eq!(counts(&*index).total(), 40, "{name}: branch");
+        index.apply(w, &Removed { hash: h(9), tier });
+        assert_eq!(counts(&*index).total(), 9, "{name}: block 9 removed");
+        let parent = Some(h(8));
+        index.apply(
+            w,
+            &Stored {
+                hash: h(9),
+                parent,
+                tier,
+            },
+        );
+        assert_eq!(counts(&*index).total(), 40, "{name}: block 9 back");
+        // Block 20 moves to the host tier.
+        let (parent, host) = (Some(h(19)), Tier::Host);
+        index.apply(
+            w,
+            &Stored {
+                hash: h(20),
+                parent,
+                tier: host,
+            },
+        );
+        index.apply(w, &Removed { hash: h(20), tier });
+        let c = counts(&*index);
+        assert_eq!(
+            (c.on(device), c.on(host)),
+            (39, 1),
+            "{name}: block 20 on host"
+        );
+        // A second holder of block 30, then block 35 removed.
+        index.apply(
+            other,
+            &Stored {
+                hash: h(30),
+                parent: None,
+                tier,
+            },
+        );
+        assert_eq!(counts(&*index).total(), 40, "{name}: second holder");
+        index.apply(w, &Removed { hash: h(35), tier });
+        assert_eq!(counts(&*index).total(), 35, "{name}: block 35 removed");
+        index.apply(w, &Removed { hash: h(30), tier });
+        assert_eq!(counts(&*index).total(), 30, "{name}: block 30 removed");
     }
 }
 
