@@ -25,9 +25,10 @@
 //! memory at that steady state, then `KVMESH_BENCH_QUERIES` lookups of 64..128-block request
 //! chains, each timed alone with `Instant` (p50/p99/p99.9), with hit ratio and a check that every
 //! index returns the same per-worker overlaps; beside them, a random-line floor (the cache lines
-//! ExactIndex's walk probes, read with nothing else: `index/floor.rs`). Then a churn run of `KVMESH_BENCH_CHURN_EVENTS`
-//! (default 10M) events at `KVMESH_BENCH_CHURN_WORKERS` (default 256) workers printing memory at
-//! 10 checkpoints, and criterion means for lookups and cold-fill ingest.
+//! ExactIndex's walk probes, read with nothing else: `index/floor.rs`). Then a churn run of
+//! `KVMESH_BENCH_CHURN_EVENTS` (default 10M) events at `KVMESH_BENCH_CHURN_WORKERS` (default 256)
+//! workers printing memory at 10 checkpoints, and criterion means for lookups and cold-fill
+//! ingest. `KVMESH_BENCH_SHARDS` (default 1) sets `ShardedIndex`'s shard count.
 //!
 //! # Memory accounting
 //!

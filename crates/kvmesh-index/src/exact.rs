@@ -45,9 +45,9 @@
 //! other but not with the work. One quick run each (Zen 5 host): churn ingest 1.75x -> 2.24x
 //! the tree's at 16 workers and 1.58x -> 1.90x at 256; lookup p50 1.05x -> 0.63x and 0.37x ->
 //! 0.31x. Distances of 8, 24 and 32 measured within noise of 16 there; on a Zen 4 host, 8 is
-//! better for lookups, whose blocks prefetched past the matched prefix are wasted. Batches are the caller's: the
-//! window cannot reach past the end of one `apply_batch`, so each run still waits once for its
-//! first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
+//! better for lookups, whose blocks prefetched past the matched prefix are wasted. Batches are
+//! the caller's: the window cannot reach past the end of one `apply_batch`, so each run still
+//! waits once for its first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
 //! probe into it, removals shift it); lookups do not, where the extra lines measured slower.
 //!
 //! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, run L in `BENCH.md` beside this

@@ -406,68 +406,35 @@ fn long_prefixes_are_counted_past_the_prefetch_window() {
 /// its chain; see `BENCH.md`.)
 #[test]
 fn changes_inside_a_chain_stored_by_one_worker_show_in_lookups() {
-    use KvEvent::{Removed, Stored};
     let q: Vec<_> = (0..40u8).map(h).collect();
-    let device = Tier::Device;
+    let (device, host) = (Tier::Device, Tier::Host);
+    let stored = |hash, parent, tier| KvEvent::Stored { hash, parent, tier };
+    let removed = |hash, tier| KvEvent::Removed { hash, tier };
     for (name, mut index) in implementations() {
         let (w, other) = (WorkerId(1), WorkerId(2));
         let counts = |index: &dyn PrefixIndex| index.overlaps(&q).get(w);
         index.apply_batch(w, &device_chain(40));
         assert_eq!(counts(&*index).total(), 40, "{name}");
-        // A branch off block 9 must not take block 9 out of the chain's run.
+        // A branch off block 9 leaves the chain whole.
         let branch = SequenceHash::from_u128(1000);
-        let (parent, tier) = (Some(h(9)), device);
-        index.apply(
-            w,
-            &Stored {
-                hash: branch,
-                parent,
-                tier,
-            },
-        );
+        index.apply(w, &stored(branch, Some(h(9)), device));
         assert_eq!(counts(&*index).total(), 40, "{name}: branch");
-        index.apply(w, &Removed { hash: h(9), tier });
+        index.apply(w, &removed(h(9), device));
         assert_eq!(counts(&*index).total(), 9, "{name}: block 9 removed");
-        let parent = Some(h(8));
-        index.apply(
-            w,
-            &Stored {
-                hash: h(9),
-                parent,
-                tier,
-            },
-        );
+        index.apply(w, &stored(h(9), Some(h(8)), device));
         assert_eq!(counts(&*index).total(), 40, "{name}: block 9 back");
         // Block 20 moves to the host tier.
-        let (parent, host) = (Some(h(19)), Tier::Host);
-        index.apply(
-            w,
-            &Stored {
-                hash: h(20),
-                parent,
-                tier: host,
-            },
-        );
-        index.apply(w, &Removed { hash: h(20), tier });
+        index.apply(w, &stored(h(20), Some(h(19)), host));
+        index.apply(w, &removed(h(20), device));
         let c = counts(&*index);
-        assert_eq!(
-            (c.on(device), c.on(host)),
-            (39, 1),
-            "{name}: block 20 on host"
-        );
-        // A second holder of block 30, then block 35 removed.
-        index.apply(
-            other,
-            &Stored {
-                hash: h(30),
-                parent: None,
-                tier,
-            },
-        );
+        let on = (c.on(device), c.on(host));
+        assert_eq!(on, (39, 1), "{name}: block 20 on host");
+        // A second holder of block 30, then blocks 35 and 30 removed.
+        index.apply(other, &stored(h(30), None, device));
         assert_eq!(counts(&*index).total(), 40, "{name}: second holder");
-        index.apply(w, &Removed { hash: h(35), tier });
+        index.apply(w, &removed(h(35), device));
         assert_eq!(counts(&*index).total(), 35, "{name}: block 35 removed");
-        index.apply(w, &Removed { hash: h(30), tier });
+        index.apply(w, &removed(h(30), device));
         assert_eq!(counts(&*index).total(), 30, "{name}: block 30 removed");
     }
 }

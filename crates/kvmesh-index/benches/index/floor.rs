@@ -3,9 +3,10 @@
 //! `ExactIndex` answers a lookup with one table probe per block of the matched prefix, plus
 //! the blocks it prefetched past the end of the match: one random cache line each, prefetched
 //! `LOOKUP_PREFETCH_AHEAD` (8) blocks ahead. On a large table those misses are the lookup's cost,
-//! and what a miss costs depends on how much of the shared last-level cache the host's other
-//! tenants leave (on the Zen 5 VM of `BENCH.md`, 64 random lines from a 6 MiB buffer took
-//! 0.4 us in one minute and twice that in another).
+//! and what a miss costs depends on how much of the shared last-level cache and memory
+//! bandwidth the host's other tenants leave (on the Zen 4 VM of `BENCH.md`'s runs K-N, 64
+//! random lines from a 4 MiB buffer took 0.11 us in one run and 0.56 us in another, minutes
+//! apart).
 //!
 //! The floor reads, for every query, the same number of random lines from a buffer as large as
 //! the `ExactIndex`'s heap, with the same prefetch distance, and does nothing else. It is timed

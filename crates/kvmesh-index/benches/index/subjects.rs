@@ -94,10 +94,11 @@ impl<I> Kvmesh<I> {
 /// What `Kvmesh<I>` needs beyond `PrefixIndex`: a shared-reference apply for threaded ingest.
 pub(crate) trait KvmeshIndex: PrefixIndex + Sync {
     const NAME: &'static str;
+    const ID: &'static str;
+    /// The name with this instance's configuration.
     fn label(&self) -> String {
         Self::NAME.to_string()
     }
-    const ID: &'static str;
     fn apply_run(&self, _worker: WorkerId, _events: &[KvEvent]) {
         unreachable!("single-threaded index")
     }
