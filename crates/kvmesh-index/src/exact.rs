@@ -97,7 +97,7 @@ use std::hash::BuildHasherDefault;
 
 use kvmesh_core::{KvEvent, PassThroughHasher, SequenceHash, Tier};
 
-use crate::overlap::{walk_prefix, OverlapScores, TierMask, WorkerId};
+use crate::overlap::{scan_repeats, walk_prefix, OverlapScores, TierMask, WorkerId};
 use crate::stats::IndexStats;
 use crate::table::Table;
 use crate::traits::PrefixIndex;
@@ -157,6 +157,24 @@ impl ExactIndex {
     #[inline]
     pub(crate) fn slot(&self, hash: &SequenceHash) -> Option<u64> {
         self.blocks.get(key(*hash))
+    }
+
+    /// [`scan_repeats`] over this index, as a function of its own (see [`walk_prefix`]).
+    #[inline(never)]
+    fn scan(
+        &self,
+        hashes: &[SequenceHash],
+        from: usize,
+        last: (u64, u32),
+    ) -> (usize, Option<(u64, u32)>) {
+        scan_repeats(
+            hashes,
+            from,
+            last,
+            LOOKUP_PREFETCH_AHEAD,
+            |h| self.prefetch(h),
+            |h| self.slot(h).map(|v| (v, 0)),
+        )
     }
 
     /// The holders a packed [`Slot`] of this index stands for.
@@ -467,6 +485,7 @@ impl PrefixIndex for ExactIndex {
             |h| self.prefetch(h),
             |h| self.slot(h).map(|v| (v, 0)),
             |v, _| self.resolve(v),
+            |from, last| self.scan(hashes, from, last),
         )
     }
 
