@@ -202,8 +202,9 @@ const ACTIVE_INLINE: usize = 32;
 /// the end of `hashes`): [`scan_repeats`], which each index compiles as a loop of its own.
 /// That loop is the walk's common case (98% of blocks repeat their predecessor's slot in the
 /// bench's 16-worker lookups) and holds only a few values in registers; inside the walk it
-/// ran slower (2026-12-02, Zen 4, seven alternating runs: 16-worker lookup p50 0.50-0.59x ->
-/// 0.46-0.52x the tree's, better in every pair; 256 workers equal).
+/// ran slower (2026-12-02, Zen 4, four alternating runs: 16-worker lookup p50 0.50-0.59x ->
+/// 0.46-0.52x the tree's, better in every pair, as in three runs of a first version; 256
+/// workers equal).
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
     ahead: usize,
