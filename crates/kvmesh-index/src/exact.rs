@@ -50,13 +50,14 @@
 //! waits once for its first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
 //! probe into it, removals shift it); lookups do not, where the extra lines measured slower.
 //!
-//! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, run L in `BENCH.md` beside this
-//! crate, a Zen 4 VM with 2 vCPUs; shared, so ratios move by ~10% between runs): churn ingest
-//! 2.50x / 2.32x the tree's (16 / 256 workers), lookup p50 0.53x / 0.18x, 25 / 21 bytes per
-//! (worker, block) entry against the tree's 76 / 77. The 16-worker lookup misses its 0.5x
-//! target by a few percent on that host (0.47-0.56x in full runs on a Zen 5 earlier). It runs
-//! at 1.03x the bench's random-line floor, the time to read the same lines with nothing else,
-//! so it is bound by misses in flight: only fewer lines per lookup would move it.
+//! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, runs O-Q in `BENCH.md` beside
+//! this crate, a Zen 4 VM with 2 vCPUs; shared, so ratios move by ~10% between runs): churn
+//! ingest 2.8-3.2x / 2.3-2.5x the tree's (16 / 256 workers), lookup p50 0.51-0.56x /
+//! 0.17-0.20x, 25 / 21 bytes per (worker, block) entry against the tree's 76 / 77. The
+//! 16-worker lookup misses its 0.5x target by a few percent (0.47-0.56x in full runs on a Zen
+//! 5 earlier). It runs at 1.00-1.04x the bench's random-line floor, the time to read the same
+//! lines with nothing else, so it is bound by misses in flight: only fewer lines per lookup
+//! would move it.
 //!
 //! **Tried and dropped: a run layout (2026-12-02).** Entries in a flat array where a block
 //! stored after its parent takes the next entry when it is free (a doubly-linked free list
