@@ -47,8 +47,9 @@
 //! 0.31x. Distances of 8, 24 and 32 measured within noise of 16 there; on a Zen 4 host, 8 is
 //! better for lookups, whose blocks prefetched past the matched prefix are wasted. Batches are
 //! the caller's: the window cannot reach past the end of one `apply_batch`, so each run still
-//! waits once for its first bucket. Ingest also prefetches the next line when a home bucket ends its line (stores
-//! probe into it, removals shift it); lookups do not, where the extra lines measured slower.
+//! waits once for its first bucket. Ingest also prefetches the next line when a home bucket
+//! ends its line (stores probe into it, removals shift it); lookups do not, where the extra
+//! lines measured slower.
 //!
 //! Measured against Dynamo 1.6.1's `RadixTree` (2026-12-02, runs O-Q in `BENCH.md` beside
 //! this crate, a Zen 4 VM with 2 vCPUs; shared, so ratios move by ~10% between runs): churn
@@ -98,7 +99,7 @@ use std::hash::BuildHasherDefault;
 
 use kvmesh_core::{KvEvent, PassThroughHasher, SequenceHash, Tier};
 
-use crate::overlap::{scan_repeats, walk_prefix, OverlapScores, TierMask, WorkerId};
+use crate::overlap::{walk_prefix, OverlapScores, TierMask, WorkerId};
 use crate::stats::IndexStats;
 use crate::table::Table;
 use crate::traits::PrefixIndex;
@@ -158,24 +159,6 @@ impl ExactIndex {
     #[inline]
     pub(crate) fn slot(&self, hash: &SequenceHash) -> Option<u64> {
         self.blocks.get(key(*hash))
-    }
-
-    /// [`scan_repeats`] over this index, as a function of its own (see [`walk_prefix`]).
-    #[inline(never)]
-    fn scan(
-        &self,
-        hashes: &[SequenceHash],
-        from: usize,
-        last: (u64, u32),
-    ) -> (usize, Option<(u64, u32)>) {
-        scan_repeats(
-            hashes,
-            from,
-            last,
-            LOOKUP_PREFETCH_AHEAD,
-            |h| self.prefetch(h),
-            |h| self.slot(h).map(|v| (v, 0)),
-        )
     }
 
     /// The holders a packed [`Slot`] of this index stands for.
@@ -486,7 +469,6 @@ impl PrefixIndex for ExactIndex {
             |h| self.prefetch(h),
             |h| self.slot(h).map(|v| (v, 0)),
             |v, _| self.resolve(v),
-            |from, last| self.scan(hashes, from, last),
         )
     }
 

@@ -156,11 +156,20 @@ impl OverlapScores {
     }
 }
 
-/// The walk's inner loop (see [`walk_prefix`]): from `from` on, prefetching `ahead` blocks
-/// ahead, counts the blocks whose slot is `last`; returns that count and the slot of the
-/// block after them (`None` if it is absent or `hashes` ended).
-#[inline(always)]
-pub(crate) fn scan_repeats(
+/// The walk's inner loop: from `from` on, prefetching `ahead` blocks ahead, counts the blocks
+/// whose slot is `last`; returns that count and the slot of the block after them (`None` if
+/// it is absent or `hashes` ended).
+///
+/// Not inlined, so each index gets it as a function of its own: this loop is the walk's
+/// common case (98% of blocks repeat their predecessor's slot in the bench's 16-worker
+/// lookups) and then holds only a few values in registers. Inside the walk's big loop the
+/// compiler kept the loop counter and table pointers on the stack, and lookups ran slower
+/// (2026-12-02, Zen 4, four alternating runs: 16-worker lookup p50 0.50-0.59x -> 0.46-0.52x
+/// the tree's, better in every pair, as in three runs of a first version; 256 workers equal).
+/// The walk passes its closures by value (they are `Copy`): passed by reference, the lookup
+/// was compiled as a call per block.
+#[inline(never)]
+fn scan_repeats(
     hashes: &[SequenceHash],
     from: usize,
     last: (u64, u32),
@@ -197,24 +206,18 @@ const ACTIVE_INLINE: usize = 32;
 /// inline value, or one interned set), so it is counted without touching the arena at all;
 /// otherwise the holders are compared ([`Holders::same_as`]) before they are merged.
 ///
-/// `scan(from, slot)` looks blocks up from `from` on while their slot is `slot` and returns
-/// how many were, with the slot of the block that ended the run (`None` at an absent block or
-/// the end of `hashes`): [`scan_repeats`], which each index compiles as a loop of its own.
-/// That loop is the walk's common case (98% of blocks repeat their predecessor's slot in the
-/// bench's 16-worker lookups) and holds only a few values in registers; inside the walk it
-/// ran slower (2026-12-02, Zen 4, four alternating runs: 16-worker lookup p50 0.50-0.59x ->
-/// 0.46-0.52x the tree's, better in every pair, as in three runs of a first version; 256
-/// workers equal).
+/// `prefetch` starts loading a block's table bucket; the walk calls it `ahead` blocks before
+/// it looks the block up, so that the misses of the blocks ahead overlap with this one's work.
+/// Runs of blocks with the last block's slot are counted by [`scan_repeats`].
 pub(crate) fn walk_prefix<'a>(
     hashes: &[SequenceHash],
     ahead: usize,
-    prefetch: impl Fn(&SequenceHash),
-    lookup: impl Fn(&SequenceHash) -> Option<(u64, u32)>,
+    prefetch: impl Fn(&SequenceHash) + Copy,
+    lookup: impl Fn(&SequenceHash) -> Option<(u64, u32)> + Copy,
     resolve: impl Fn(u64, u32) -> Holders<'a>,
-    scan: impl Fn(usize, (u64, u32)) -> (usize, Option<(u64, u32)>),
 ) -> OverlapScores {
-    hashes.iter().take(ahead).for_each(&prefetch);
-    let Some(mut last_slot) = hashes.first().and_then(&lookup) else {
+    hashes.iter().take(ahead).for_each(prefetch);
+    let Some(mut last_slot) = hashes.first().and_then(lookup) else {
         return OverlapScores::default();
     };
     let mut last = resolve(last_slot.0, last_slot.1);
@@ -246,7 +249,7 @@ pub(crate) fn walk_prefix<'a>(
     // The next block to look up.
     let mut next = 1;
     loop {
-        let (same, ended_by) = scan(next, last_slot);
+        let (same, ended_by) = scan_repeats(hashes, next, last_slot, ahead, prefetch, lookup);
         repeats += same as u32;
         next += same + 1;
         let Some(slot) = ended_by else {

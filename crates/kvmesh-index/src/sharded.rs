@@ -28,7 +28,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use kvmesh_core::{KvEvent, SequenceHash};
 
 use crate::exact::{event_hash, ExactIndex, LOOKUP_PREFETCH_AHEAD, PREFETCH_AHEAD};
-use crate::overlap::{scan_repeats, walk_prefix, OverlapScores, WorkerId};
+use crate::overlap::{walk_prefix, OverlapScores, WorkerId};
 use crate::stats::IndexStats;
 use crate::traits::PrefixIndex;
 
@@ -167,18 +167,15 @@ impl ShardedIndex {
     /// Per worker, the reusable leading blocks of `hashes`.
     pub fn overlaps_shared(&self, hashes: &[SequenceHash]) -> OverlapScores {
         let guards: Vec<_> = (0..self.shards.len()).map(|i| self.read(i)).collect();
-        let prefetch = |h: &SequenceHash| guards[self.shard_of(h)].prefetch(h);
-        let lookup = |h: &SequenceHash| {
-            let s = self.shard_of(h);
-            guards[s].slot(h).map(|v| (v, s as u32))
-        };
         walk_prefix(
             hashes,
             LOOKUP_PREFETCH_AHEAD,
-            prefetch,
-            lookup,
+            |h| guards[self.shard_of(h)].prefetch(h),
+            |h| {
+                let s = self.shard_of(h);
+                guards[s].slot(h).map(|v| (v, s as u32))
+            },
             |v, s| guards[s as usize].resolve(v),
-            |from, last| scan(hashes, from, last, prefetch, lookup),
         )
     }
 
@@ -198,18 +195,6 @@ impl ShardedIndex {
         total.workers_removed = self.workers_removed.load(Ordering::Relaxed);
         total
     }
-}
-
-/// [`scan_repeats`] as a function of its own (see [`walk_prefix`]).
-#[inline(never)]
-fn scan(
-    hashes: &[SequenceHash],
-    from: usize,
-    last: (u64, u32),
-    prefetch: impl Fn(&SequenceHash),
-    lookup: impl Fn(&SequenceHash) -> Option<(u64, u32)>,
-) -> (usize, Option<(u64, u32)>) {
-    scan_repeats(hashes, from, last, LOOKUP_PREFETCH_AHEAD, prefetch, lookup)
 }
 
 impl PrefixIndex for ShardedIndex {
