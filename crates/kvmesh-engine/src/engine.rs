@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use kvmesh_core::{
-    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, KvDtype, PoolError, PoolStats,
+    BlockHasher, BlockPool, EvictionPolicyKind, ExtraKeys, KvDtype, KvEvent, PoolError, PoolStats,
     SequenceHasher, SequenceId,
 };
 use thiserror::Error;
@@ -70,6 +70,10 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Seed of the block hashes (per deployment).
     pub hash_seed: u64,
+    /// Record the pool's KV events (`Stored` / `Removed`) for [`Engine::drain_kv_events`]
+    /// (default false). A worker behind a KV-aware router turns this on and drains after
+    /// every step; off, nothing is buffered.
+    pub record_kv_events: bool,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +87,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_model_len: None,
             hash_seed: 0,
+            record_kv_events: false,
         }
     }
 }
@@ -269,7 +274,7 @@ impl Engine {
             .num_blocks(cfg.num_blocks)
             .block_size(cfg.block_size)
             .eviction(EvictionPolicyKind::Lru)
-            .record_events(false)
+            .record_events(cfg.record_kv_events)
             .build()
             .map_err(|e| EngineError::Config(e.to_string()))?;
         Ok(Engine {
@@ -339,12 +344,57 @@ impl Engine {
         !self.requests.is_empty()
     }
 
+    /// Requests admitted and holding KV.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Requests queued (new, or preempted and waiting to resume).
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether request `id` is queued and not running (false once admitted, or unknown).
+    pub fn is_waiting(&self, id: RequestId) -> bool {
+        self.waiting.contains(&id)
+    }
+
+    /// The longest prompt plus output a request may have: `max_model_len`, or the model's
+    /// context, capped by the KV budget.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The block hasher for sequences under `extra` keys (a cache salt, say): the hashes a
+    /// router computes for a request are the ones this engine's prefix cache uses.
+    pub fn block_hasher(&self, extra: &ExtraKeys) -> BlockHasher {
+        BlockHasher::new(self.cfg.hash_seed, self.cfg.block_size, extra)
+    }
+
+    /// Moves the KV events recorded since the last call into `out`, oldest first (none unless
+    /// [`EngineConfig::record_kv_events`]).
+    pub fn drain_kv_events(&mut self, out: &mut Vec<KvEvent>) {
+        out.extend(self.pool.drain_events());
+    }
+
     /// Queues a request; it starts at a later [`step`](Self::step). Stop strings need a
     /// tokenizer ([`EngineError::StopStringsNeedTokenizer`]).
     pub fn add_request(
         &mut self,
         prompt: Vec<u32>,
         params: SamplingParams,
+    ) -> Result<RequestId, EngineError> {
+        self.add_request_with_keys(prompt, params, &ExtraKeys::default())
+    }
+
+    /// [`add_request`](Self::add_request) under sequence-wide `extra` keys: a request shares
+    /// cached blocks only with requests under the same keys (a tenant's or a request's
+    /// `cache_salt`, a LoRA id), because the keys enter every block's hash.
+    pub fn add_request_with_keys(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        extra: &ExtraKeys,
     ) -> Result<RequestId, EngineError> {
         params.validate().map_err(EngineError::Sampling)?;
         if !params.stop_strings.is_empty() && self.tokenizer.is_none() {
@@ -366,7 +416,12 @@ impl Engine {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut hasher = SequenceHasher::new(self.hasher.clone());
+        let block_hasher = if *extra == ExtraKeys::default() {
+            self.hasher.clone()
+        } else {
+            self.block_hasher(extra)
+        };
+        let mut hasher = SequenceHasher::new(block_hasher);
         hasher.append(&prompt);
         let detok = self
             .tokenizer
@@ -432,7 +487,7 @@ impl Engine {
 
         let mut outputs = Vec::with_capacity(scheduled.len());
         let vocab = self.model.config().vocab_size;
-        let mut logits = self.logits.chunks_exact(vocab);
+        let mut logits = self.logits.chunks_exact_mut(vocab);
         let bs = self.cfg.block_size as usize;
         for (id, n) in scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled");
@@ -449,6 +504,15 @@ impl Engine {
                 continue; // prefill continues next step
             }
             let row = logits.next().expect("one row per finished chunk");
+            if r.generated() < r.params.min_tokens {
+                // Too early to stop: the stop tokens cannot be sampled (vLLM's min_tokens).
+                let model_stops = self.stop_tokens.iter().filter(|_| !r.params.ignore_eos);
+                for &t in model_stops.chain(&r.params.stop_token_ids) {
+                    if let Some(l) = row.get_mut(t as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let token = r.sampler.sample(row, &r.params);
             r.tokens.push(token);
             r.hasher.push(token);

@@ -20,6 +20,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Most tokens to generate (default 256).
     pub max_tokens: usize,
+    /// Fewest tokens to generate before an end-of-sequence or stop token may end the request
+    /// (default 0): until then those tokens are masked out of sampling, as vLLM's
+    /// `min_tokens`. Stop strings are not delayed (vLLM delays them too).
+    pub min_tokens: usize,
     /// Extra token ids that end generation (the model's end-of-turn tokens always do, unless
     /// `ignore_eos`).
     pub stop_token_ids: Vec<u32>,
@@ -41,6 +45,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: None,
             max_tokens: 256,
+            min_tokens: 0,
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
             ignore_eos: false,
@@ -70,6 +75,12 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return Err("max_tokens must be at least 1".to_string());
+        }
+        if self.min_tokens > self.max_tokens {
+            return Err(format!(
+                "min_tokens ({}) must not exceed max_tokens ({})",
+                self.min_tokens, self.max_tokens
+            ));
         }
         if self.stop_strings.iter().any(String::is_empty) {
             return Err("stop strings must not be empty".to_string());

@@ -38,6 +38,9 @@
 //!   TTL and a capacity bound.
 //!
 //! All three implement [`PrefixIndex`] and pass one test suite (`tests/index_suite.rs`).
+//!
+//! [`Router`] puts an [`ExactIndex`], a [`LoadTracker`] and a [`WorkerSelector`] behind one
+//! type: the routing core that `kvmesh sim` and `kvmesh serve` share.
 //! The crate does no IO; time is passed in.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -48,6 +51,7 @@ mod exact;
 mod load;
 mod overlap;
 mod prefetch;
+mod router;
 mod selection;
 mod sharded;
 mod stats;
@@ -60,6 +64,7 @@ pub use error::IndexConfigError;
 pub use exact::ExactIndex;
 pub use load::{LoadTracker, RequestId, WorkerLoad};
 pub use overlap::{OverlapScores, TierCounts, TierMask, WorkerId};
+pub use router::{Route, RouteReason, Router, RouterStats};
 pub use selection::{
     kv_cost, KvAwareConfig, RoutingPolicy, RoutingRequest, Selection, WorkerSelector,
 };

@@ -13,8 +13,9 @@
 //!   continuous batching, chunked prefill under a token budget, prefix matching and preemption,
 //!   timed by a [`CostModel`] with named presets.
 //! - **Cluster** ([`ClusterBuilder`] -> [`Cluster`]): a discrete-event loop of arrivals, a
-//!   [`Router`] (kvmesh-index's exact index, load tracker and worker selector, fed by KV events
-//!   after a delay) and the workers' steps.
+//!   [`Router`] (kvmesh-index's routing core: exact index, load tracker and worker selector,
+//!   the same type `kvmesh serve` routes with, fed by KV events after a delay) and the
+//!   workers' steps.
 //! - **Report** ([`SimReport`]): TTFT / inter-token / end-to-end percentiles, throughput, hit
 //!   ratio and its ratio to the ideal, load imbalance, cache memory; each defined in
 //!   [`SimReport`]'s docs.
@@ -49,11 +50,12 @@ mod rng;
 mod trace;
 mod workload;
 
-pub use cluster::{Cluster, ClusterBuilder, PoolCapacity, Router};
+pub use cluster::{Cluster, ClusterBuilder, PoolCapacity};
 pub use cost::{CostModel, StepShape, UnknownCostModel, COST_PRESETS};
 pub use engine::{Admission, EngineConfig, EngineStats, MockEngine, StepOutput};
 pub use error::ConfigError;
 pub use generate::{MultiTurn, Rag, SharedPrefix};
+pub use kvmesh_index::Router;
 pub use metrics::{
     CacheMemory, EngineTotals, HitReport, LoadReport, Percentiles, RouterReport, SimReport,
     Throughput, WorkerReport,

@@ -13,9 +13,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod calc;
+mod engine_args;
 mod generate;
 mod model_cmd;
 mod number_format;
+mod serve;
 mod sim;
 
 /// kvmesh: a KV-cache system for LLM serving
@@ -30,6 +32,7 @@ struct Cli {
 enum Command {
     Calc(calc::CalcArgs),
     Sim(sim::SimArgs),
+    Serve(serve::ServeArgs),
     Model(model_cmd::ModelArgs),
     Generate(generate::GenerateArgs),
     Bench(bench::BenchArgs),
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Calc(args) => calc::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Model(args) => model_cmd::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),

@@ -29,21 +29,19 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use kvmesh_core::KvEvent;
-use kvmesh_index::{PrefixIndex, WorkerId};
+use kvmesh_index::{PrefixIndex, Router, WorkerId};
 
 use crate::cost::CostModel;
 use crate::engine::{MockEngine, StepOutput};
 use crate::metrics::{
     max_over_mean, CacheMemory, EngineTotals, Histogram, HitReport, LoadReport, Percentiles,
-    SimReport, Throughput, WorkerReport,
+    RouterReport, SimReport, Throughput, WorkerReport,
 };
 use crate::workload::{ratio, IdealCache, Workload};
 
 mod builder;
-mod router;
 
 pub use builder::{ClusterBuilder, PoolCapacity};
-pub use router::Router;
 
 const NONE: u64 = u64::MAX;
 
@@ -210,10 +208,15 @@ impl<'w> Cluster<'w> {
     fn arrive(&mut self, index: usize, now: u64, progress: &mut dyn FnMut(usize, usize)) {
         let workload: &'w Workload = self.workload;
         let req = &workload.requests()[index];
-        let Some(choice) = self.router.route(index as u64, req) else {
+        let Some(route) = self.router.route(
+            index as u64,
+            &req.hashes,
+            u64::from(req.prompt_tokens),
+            req.session,
+        ) else {
             return;
         };
-        let w = choice.worker.0;
+        let w = route.selection.worker.0;
         self.records[index].worker = w;
         self.routed[w as usize] += 1;
         let engine = &mut self.engines[w as usize];
@@ -410,7 +413,7 @@ impl<'w> Cluster<'w> {
                 index_bytes: self.router.index().memory_usage() as u64,
             },
             engine,
-            router: self.router.report(),
+            router: RouterReport::from(self.router.stats()),
         }
     }
 }

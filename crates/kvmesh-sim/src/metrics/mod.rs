@@ -171,6 +171,18 @@ pub struct RouterReport {
     pub index_blocks: usize,
 }
 
+impl From<kvmesh_index::RouterStats> for RouterReport {
+    fn from(s: kvmesh_index::RouterStats) -> Self {
+        RouterReport {
+            events: s.events,
+            orphan_stores: s.orphan_stores,
+            unknown_removes: s.unknown_removes,
+            unknown_worker_events: s.unknown_worker_events,
+            index_blocks: s.index_blocks,
+        }
+    }
+}
+
 /// Everything one simulation run reports. Serialises to the CLI's `--json` output.
 ///
 /// | metric | definition |
