@@ -146,7 +146,7 @@ fn streams_chunks_usage_and_done() {
             .collect::<Vec<_>>();
         assert_eq!(finish.len(), 1);
         let completion = last["usage"]["completion_tokens"].as_u64().unwrap();
-        assert!(completion >= 1 && completion <= 12);
+        assert!((1..=12).contains(&completion));
         assert!(!text.is_empty());
 
         // Without stream_options: no usage field at all on the chunks.
