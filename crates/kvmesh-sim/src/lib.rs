@@ -60,6 +60,7 @@ pub use metrics::{
     CacheMemory, EngineTotals, HitReport, LoadReport, Percentiles, RouterReport, SimReport,
     Throughput, WorkerReport,
 };
+pub use rng::Rng;
 pub use trace::{
     read_azure, read_azure_file, read_mooncake, read_mooncake_file, AzureReader, AzureRecord,
     MooncakeReader, MooncakeRecord, TraceError, TraceErrorKind, MAX_LINE_BYTES,

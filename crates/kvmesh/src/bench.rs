@@ -1,4 +1,5 @@
-//! `kvmesh bench engine`: the engine's system-level numbers on the real model.
+//! `kvmesh bench engine`: the engine's system-level numbers on the real model. (`kvmesh
+//! bench` without a subcommand is the load generator, [`crate::loadgen`].)
 //!
 //! - prefill throughput: one cold prompt of 512 and of 2,048 tokens (prefix caching off),
 //!   tokens / time to first token;
@@ -28,11 +29,20 @@ use serde::Serialize;
 
 use crate::model_cmd;
 
-/// Measure kvmesh components on this machine.
+/// Load-test an OpenAI-compatible endpoint (`kvmesh bench --url URL`), or measure the
+/// engine (`kvmesh bench engine`).
+///
+/// Without a subcommand, sends a workload open-loop to --url (or to every --compare target
+/// in turn) and reports TTFT, TPOT, ITL and end-to-end latency percentiles, throughput,
+/// goodput, errors and the cached tokens the server reports, defined and named as in vLLM's
+/// `bench serve`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    what: BenchTarget,
+    what: Option<BenchTarget>,
+    #[command(flatten)]
+    load: crate::loadgen::LoadArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,7 +108,8 @@ struct Throughput {
 /// Runs `kvmesh bench ...`.
 pub fn run(args: &BenchArgs) -> Result<String> {
     match &args.what {
-        BenchTarget::Engine(a) => engine(a),
+        Some(BenchTarget::Engine(a)) => engine(a),
+        None => crate::loadgen::run(&args.load),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The kvmesh command line.
 //!
-//! Subcommands: `calc` (KV-cache capacity planning, [`calc`]), `sim` (fleet simulation,
-//! [`sim`]), `model` (the verified model store, [`model_cmd`]), `generate` (one prompt
-//! through the CPU engine, [`generate`]) and `bench` (system-level measurements, [`bench`]).
+//! Subcommands: `serve` (the OpenAI-compatible server, [`serve`]), `bench` (the load
+//! generator for any OpenAI endpoint, [`loadgen`], and the engine's measurements,
+//! [`bench`]), `generate` (one prompt through the CPU engine, [`generate`]), `model` (the
+//! verified model store, [`model_cmd`]), `sim` (fleet simulation, [`sim`]) and `calc`
+//! (KV-cache capacity planning, [`calc`]).
 //! Arguments are parsed here and validated by each subcommand's module; `anyhow` is used in
 //! this binary only.
 
@@ -15,8 +17,11 @@ mod bench;
 mod calc;
 mod engine_args;
 mod generate;
+mod loadgen;
 mod model_cmd;
 mod number_format;
+#[cfg(feature = "plot")]
+mod png_canvas;
 mod serve;
 mod sim;
 

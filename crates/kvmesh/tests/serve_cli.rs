@@ -71,9 +71,11 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("kvmesh serve prints a ready line");
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kvmesh serve printed no ready line");
+            };
             if let Some(rest) = line.strip_prefix("kvmesh: ready at ") {
                 let base = rest.split_whitespace().next().expect("a URL").to_string();
                 return Serve {

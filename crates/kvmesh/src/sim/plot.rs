@@ -81,36 +81,22 @@ pub(super) fn draw(
 
 #[cfg(feature = "plot")]
 mod imp {
-    use std::io::BufWriter;
     use std::path::Path;
-    use std::sync::Once;
 
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
-    use plotters::style::FontStyle;
 
     use super::{PlotError, Run, Workload};
-
-    const WIDTH: u32 = 1400;
-    const HEIGHT: u32 = 1000;
-    /// x units per policy: three bars of 2 and a gap of 1; labels sit at the centre, 3.
-    const GROUP: i32 = 7;
-    const FONT: &str = "sans-serif";
+    use crate::png_canvas::{register_font, write_png, FONT};
 
     fn draw_err<E: std::fmt::Debug>(e: E) -> PlotError {
         PlotError::Draw(format!("{e:?}"))
     }
 
-    fn register_font() -> Result<(), PlotError> {
-        static ONCE: Once = Once::new();
-        let mut result = Ok(());
-        ONCE.call_once(|| {
-            result =
-                plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
-                    .map_err(|_| PlotError::Draw("the embedded font did not load".into()));
-        });
-        result
-    }
+    const WIDTH: u32 = 1400;
+    const HEIGHT: u32 = 1000;
+    /// x units per policy: three bars of 2 and a gap of 1; labels sit at the centre, 3.
+    const GROUP: i32 = 7;
 
     struct Panel<'a> {
         title: &'a str,
@@ -127,7 +113,7 @@ mod imp {
         runs: &[Run],
         capacity: &str,
     ) -> Result<(), PlotError> {
-        register_font()?;
+        register_font().map_err(PlotError::Draw)?;
         let names: Vec<&str> = runs.iter().map(|r| r.report.policy.as_str()).collect();
         let ideal = runs
             .first()
@@ -196,7 +182,10 @@ mod imp {
             }
             root.present().map_err(draw_err)?;
         }
-        write_png(path, &buf)
+        write_png(path, &buf, WIDTH, HEIGHT).map_err(|e| match e {
+            crate::png_canvas::PngError::Io(e) => PlotError::Io(e),
+            crate::png_canvas::PngError::Encode(m) => PlotError::Draw(m),
+        })
     }
 
     fn draw_panel<DB: DrawingBackend>(
@@ -299,15 +288,5 @@ mod imp {
                 .map_err(draw_err)?;
         }
         Ok(())
-    }
-
-    fn write_png(path: &Path, rgb: &[u8]) -> Result<(), PlotError> {
-        let file = std::fs::File::create(path).map_err(PlotError::Io)?;
-        let mut encoder = png::Encoder::new(BufWriter::new(file), WIDTH, HEIGHT);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(draw_err)?;
-        writer.write_image_data(rgb).map_err(draw_err)?;
-        writer.finish().map_err(draw_err)
     }
 }
