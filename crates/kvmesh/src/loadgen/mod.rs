@@ -176,26 +176,37 @@ pub fn run(args: &LoadArgs) -> Result<String> {
         .build()
         .context("starting the async runtime")?;
     let bar = progress_bar((total * targets.len() * args.rounds.max(1) as usize) as u64);
-    let mut per_target: Vec<(Vec<RequestRecord>, f64)> = vec![(Vec::new(), 0.0); targets.len()];
+    let mut per_target: Vec<(Vec<RequestRecord>, f64, Vec<ServerSide>)> =
+        vec![(Vec::new(), 0.0, Vec::new()); targets.len()];
     let mut done_before = 0u64;
     for round in 0..args.rounds.max(1) {
         for (i, target) in targets.iter().enumerate() {
             bar.set_message(format!("{target} (round {})", round + 1));
-            let (records, duration) =
+            let (records, duration, side) =
                 runtime.block_on(run_target(args, target, &sessions, &|n| {
                     bar.set_position(done_before + n)
                 }))?;
             done_before += records.len() as u64;
             per_target[i].0.extend(records);
             per_target[i].1 += duration;
+            per_target[i].2.push(side);
         }
     }
     bar.finish_and_clear();
     let reports: Vec<Report> = targets
         .iter()
         .zip(&per_target)
-        .map(|(t, (records, duration))| {
-            Report::new(t, records, *duration, &args.percentiles, &args.goodput)
+        .map(|(t, (records, duration, sides))| {
+            let mut r = Report::new(t, records, *duration, &args.percentiles, &args.goodput);
+            let last = sides.last().copied().unwrap_or_default();
+            if let Some((start, end)) = last.rss_mib {
+                r.metrics.insert("server_rss_start_mib".into(), start);
+                r.metrics.insert("server_rss_end_mib".into(), end);
+            }
+            if let Some(b) = last.blocks_used_after {
+                r.metrics.insert("server_blocks_used_after".into(), b);
+            }
+            r
         })
         .collect();
     let title = format!(
@@ -263,13 +274,24 @@ fn sessions(args: &LoadArgs) -> Result<Vec<Session>> {
     })
 }
 
-/// Runs the workload once against `target`; the records and the run's duration.
+/// What a run saw of the server itself (kvmesh servers only; `None` where unknown).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSide {
+    /// Resident memory of a spawned `kvmesh serve` when it became ready and after the run, MiB.
+    pub rss_mib: Option<(f64, f64)>,
+    /// KV blocks still held by requests after the run (`kvmesh:kv_blocks{state="used"}`),
+    /// polled for up to 5 s: 0 when accounting is back to idle.
+    pub blocks_used_after: Option<f64>,
+}
+
+/// Runs the workload once against `target`; the records, the run's duration, and what it
+/// saw of the server.
 async fn run_target(
     args: &LoadArgs,
     target: &str,
     sessions: &[Session],
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(Vec<RequestRecord>, f64)> {
+) -> Result<(Vec<RequestRecord>, f64, ServerSide)> {
     let mut spawned = None;
     let url = match target.strip_prefix("serve:") {
         Some(policy) => {
@@ -306,11 +328,48 @@ async fn run_target(
         timeout: Duration::from_secs_f64(args.timeout),
         seed: args.seed,
     };
+    let rss_start = spawned.as_ref().and_then(|s| rss_mib(s.child.id()));
     let start = Instant::now();
     let records = runner::run(&client, sessions, &settings, progress).await;
     let duration = start.elapsed().as_secs_f64();
+    let mut side = ServerSide::default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        side.blocks_used_after = blocks_used(&client).await;
+        if side.blocks_used_after.is_none_or(|b| b == 0.0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_end = spawned.as_ref().and_then(|s| rss_mib(s.child.id()));
+    side.rss_mib = rss_start.zip(rss_end);
     drop(spawned);
-    Ok((records, duration))
+    Ok((records, duration, side))
+}
+
+/// Resident memory of process `pid` in MiB (Linux `/proc`).
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The sum of `kvmesh:kv_blocks{state="used"}` on the target's /metrics, if it has them.
+async fn blocks_used(client: &Client) -> Option<f64> {
+    let reply = client.get("/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(&reply.body);
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("kvmesh:kv_blocks{") && l.contains("state=\"used\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A `kvmesh serve` this bench started; killed on drop.

@@ -14,6 +14,8 @@
 //! | `*_e2el_ms` | end-to-end latency: send to the end of the stream |
 //! | `request_goodput` | completed requests per second that met every `--goodput` bound |
 //! | `cached_tokens`, `prefix_hit_ratio` | prompt tokens the server reported cached, and their share of all prompt tokens |
+//! | `server_rss_start_mib`, `server_rss_end_mib` | resident memory of a `serve:` target when ready and after the (last) run |
+//! | `server_blocks_used_after` | a kvmesh target's KV blocks still held by requests after the run (0: back to idle) |
 //!
 //! Each latency has `mean_`, `median_`, `std_` and `pNN_` (for each `--percentiles` value)
 //! forms; percentiles interpolate linearly between order statistics (numpy's default, as
@@ -239,6 +241,13 @@ fn rows(percentiles: &[f64]) -> Vec<(String, String, usize)> {
         ("prompt tokens", "total_input_tokens", 0),
         ("cached prompt tokens", "cached_tokens", 0),
         ("prefix hit ratio", "prefix_hit_ratio", 3),
+        ("server RSS at start (MiB)", "server_rss_start_mib", 1),
+        ("server RSS at end (MiB)", "server_rss_end_mib", 1),
+        (
+            "KV blocks held after the run",
+            "server_blocks_used_after",
+            0,
+        ),
     ]
     .iter()
     .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
