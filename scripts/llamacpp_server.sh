@@ -7,10 +7,12 @@
 # compiles llama.cpp from source and takes a long time.
 #
 # Usage:
-#   scripts/llamacpp_server.sh [GGUF] [PORT] [THREADS]
+#   scripts/llamacpp_server.sh [GGUF] [PORT] [THREADS] [EXTRA SERVER FLAGS...]
 #     GGUF     default /root/.cache/kvmesh/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #     PORT     default 8090 (listens on 127.0.0.1 only)
 #     THREADS  default 2 (used for both decode and prompt/batch threads)
+#     anything after THREADS is passed on to `python -m llama_cpp.server`,
+#     e.g. `--cache True` (see "Behaviour" below) or `--verbose False`.
 #   Environment:
 #     LLAMACPP_VENV          virtualenv to use/create (default /work/venvs/llamacpp)
 #     LLAMACPP_VERSION       llama-cpp-python version to install (default 0.3.36)
@@ -18,10 +20,15 @@
 #
 # Install (only if `$LLAMACPP_VENV/bin/python -c 'import llama_cpp'` fails):
 #   PyPI ships only the sdist of llama-cpp-python, so pip compiles the
-#   vendored llama.cpp. Measured on a 2-core AMD EPYC (Zen 4) box, under
-#   `nice -n 19` with CMAKE_BUILD_PARALLEL_LEVEL=2 and another build running
-#   alongside: __BUILD_TIME__ for the whole `pip install`. The build
-#   runs niced so it does not starve other work on the machine.
+#   vendored llama.cpp (llama-cpp-python 0.3.36: 140 compile steps). Measured
+#   on a 2-core AMD EPYC (Zen 4) box, under `nice -n 19` with
+#   CMAKE_BUILD_PARALLEL_LEVEL=2 while a kvmesh server used about one core:
+#   439 s (~7.5 minutes) for the whole `pip install`, downloads included.
+#   Expect longer on a busier machine. The build runs niced so it does not
+#   starve other work. pip keeps the built wheel in its cache, so a second
+#   venv on the same machine installs in seconds; that cache is keyed by the
+#   sdist only, not by CMAKE_ARGS, so after changing the flags below clear it
+#   (`pip cache remove llama_cpp_python`) or the old build comes back.
 #
 # Build flags (CMAKE_ARGS below), and why:
 #   -DGGML_NATIVE=OFF   a -march=native build was seen to segfault on a
@@ -35,9 +42,29 @@
 #   -DLLAVA_BUILD=OFF   skip the multimodal (mtmd/llava) library: not needed
 #                       for text models and it shortens the build.
 #
-# Server: prompt KV prefix reuse between consecutive requests is built into
-# llama-cpp-python (it keeps the last sequence's KV and skips the common
-# token prefix); requests to the one model are served one at a time.
+# Server flags, and why:
+#   --n_ctx 8192               SmolLM2's trained context.
+#   --n_threads/--n_threads_batch THREADS   decode and prefill threads.
+#   --logits_all False         the server's default (True) computes and copies
+#                              the logits of every prompt position into numpy;
+#                              only logprobs need that, and kvmesh does not.
+#   --interrupt_requests False the default (True) silently cuts a running
+#                              stream short (it ends with [DONE], no
+#                              finish_reason) as soon as another request
+#                              waits, which would wreck a concurrent benchmark.
+#   The chat template comes from the GGUF (ChatML for SmolLM2); no
+#   --chat_format needed.
+# Behaviour to know when comparing:
+#   - One model, one sequence: a global lock serves requests strictly one at
+#     a time (concurrent requests queue; no batching across requests).
+#   - KV prefix reuse is built in, but only against the immediately previous
+#     request's tokens ("Llama.generate: N prefix-match hit" in the log).
+#     `--cache True` (RAM, --cache_size default 2 GiB) also saves a ~9 MB state
+#     per finished request and restores the longest-prefix one, so
+#     alternating prompts hit as well.
+#   - `usage` (prompt/completion/total tokens) is in non-streamed responses
+#     only: `stream_options.include_usage` is ignored, and there is no
+#     `prompt_tokens_details.cached_tokens`.
 set -euo pipefail
 
 VENV="${LLAMACPP_VENV:-/work/venvs/llamacpp}"
@@ -78,4 +105,7 @@ exec "$VENV/bin/python" -m llama_cpp.server \
     --port "$PORT" \
     --n_threads "$THREADS" \
     --n_threads_batch "$THREADS" \
-    --n_ctx "$N_CTX"
+    --n_ctx "$N_CTX" \
+    --logits_all False \
+    --interrupt_requests False \
+    "${@:4}"
