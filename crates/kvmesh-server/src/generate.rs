@@ -394,7 +394,13 @@ fn stream(
         }
         let mut done = 0;
         while done < meta.choices {
-            let Some(event) = rx.recv().await else {
+            // A client that leaves while its request waits (no output yet) is noticed here
+            // too, not only at the next send.
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = out.closed() => return,
+            };
+            let Some(event) = event else {
                 let e = ApiError::internal("a worker stopped before finishing the request");
                 let _ = out.send(Event::default().data(e.body().to_string())).await;
                 break;

@@ -136,8 +136,8 @@ pub struct LoadArgs {
     /// Goodput bounds, KEY:MS with KEY ttft, tpot or e2el (repeatable)
     #[arg(long, value_name = "KEY:MS")]
     goodput: Vec<Slo>,
-    /// Percentiles to report
-    #[arg(long, value_delimiter = ',', default_value = "50,90,99")]
+    /// Percentiles to report (the median always is)
+    #[arg(long, value_delimiter = ',', default_value = "90,99")]
     percentiles: Vec<f64>,
     /// Seed of the text, the arrivals and the turn draws
     #[arg(long, default_value_t = 0)]
@@ -209,8 +209,12 @@ pub fn run(args: &LoadArgs) -> Result<String> {
             r
         })
         .collect();
+    let size = match args.duration {
+        Some(d) => format!("{d} s (up to {total} requests) per run"),
+        None => format!("{total} requests per run"),
+    };
     let title = format!(
-        "kvmesh bench: {:?} workload, {total} requests per run, rate {}, {} round(s)",
+        "kvmesh bench: {:?} workload, {size}, rate {}, {} round(s)",
         args.workload, args.rate, args.rounds
     );
     if let Some(path) = &args.json {

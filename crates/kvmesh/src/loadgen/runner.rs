@@ -48,7 +48,7 @@ pub struct RunSettings {
     pub max_concurrency: usize,
     /// Most conversations started and not finished.
     pub max_active_sessions: usize,
-    /// Send `ignore_eos` so every answer has the asked length.
+    /// Send `ignore_eos` and `min_tokens = max_tokens` so every answer has the asked length.
     pub ignore_eos: bool,
     /// Stop sending after this long (in-flight requests still finish).
     pub duration: Option<Duration>,
@@ -274,7 +274,10 @@ fn request_body(
         "stream_options": {"include_usage": true},
     });
     if settings.ignore_eos {
+        // Both spellings of "exactly max_tokens": vLLM and kvmesh read ignore_eos, llama.cpp's
+        // server only min_tokens (it masks end-of-sequence until then).
         body["ignore_eos"] = json!(true);
+        body["min_tokens"] = json!(t.max_tokens);
     }
     match settings.endpoint {
         Endpoint::Chat => {
