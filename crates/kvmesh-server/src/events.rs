@@ -37,11 +37,3 @@ impl KvEventPublisher for InProcessPublisher {
         router.apply_events(worker, events);
     }
 }
-
-/// Drops every event: for workers behind a router that does not use the cache (and tests).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NullPublisher;
-
-impl KvEventPublisher for NullPublisher {
-    fn publish(&mut self, _worker: WorkerId, _events: &[KvEvent]) {}
-}

@@ -216,6 +216,27 @@ struct ChoiceState {
     finished: Option<FinishReason>,
 }
 
+impl ChoiceState {
+    /// Counts one output of the choice (its text is the caller's); true when the output
+    /// finished it.
+    fn record(
+        &mut self,
+        token: Option<u32>,
+        cached: usize,
+        finished: Option<FinishReason>,
+    ) -> bool {
+        if token.is_some() {
+            self.tokens += 1;
+        }
+        self.cached = Some(cached);
+        let newly = finished.is_some() && self.finished.is_none();
+        if newly {
+            self.finished = finished;
+        }
+        newly
+    }
+}
+
 /// Token counts so far, over all choices; cached tokens counted once per prompt.
 fn usage(meta: &Meta, states: &[ChoiceState]) -> Usage {
     let prompt: usize = meta.prompt_tokens.iter().sum();
@@ -270,15 +291,10 @@ async fn whole(
                     continue;
                 };
                 if token.is_some() {
-                    s.tokens += 1;
                     in_flight.first_token(meta.prompt_of(choice));
                 }
-                s.cached = Some(cached_tokens);
                 s.text.push_str(&text);
-                if finished.is_some() && s.finished.is_none() {
-                    s.finished = finished;
-                    done += 1;
-                }
+                done += usize::from(s.record(token, cached_tokens, finished));
             }
         }
     }
@@ -423,12 +439,9 @@ fn stream(
                 continue;
             };
             if token.is_some() {
-                s.tokens += 1;
                 in_flight.first_token(meta.prompt_of(choice));
             }
-            s.cached = Some(cached);
-            if finished.is_some() {
-                s.finished = finished;
+            if s.record(token, cached, finished) {
                 done += 1;
             } else if text.is_empty() {
                 continue; // nothing to show yet (a held-back stop string, a special token)

@@ -34,7 +34,7 @@ pub mod serve;
 pub mod state;
 pub mod worker;
 
-pub use events::{InProcessPublisher, KvEventPublisher, NullPublisher};
+pub use events::{InProcessPublisher, KvEventPublisher};
 pub use openai::{ApiError, RequestLimits};
 pub use serve::{ServeConfig, ServeError, Server};
 pub use state::{ApiSettings, AppState, Ready};

@@ -67,11 +67,6 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (b, c) in LATENCY_BUCKETS.iter().zip(&self.counts) {

@@ -172,3 +172,10 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Asserts the server still answers a small request.
+pub async fn assert_serves(client: &Client) {
+    let body = serde_json::json!({"prompt": "Hi", "max_tokens": 2});
+    let r = client.post_json("/v1/completions", &body).await.unwrap();
+    assert_eq!(r.status, 200, "the server stopped serving: {:?}", r.body);
+}
