@@ -22,7 +22,7 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Fewest tokens to generate before an end-of-sequence or stop token may end the request
     /// (default 0): until then those tokens are masked out of sampling, as vLLM's
-    /// `min_tokens`. Stop strings are not delayed (vLLM delays them too).
+    /// `min_tokens`. Unlike vLLM, stop strings are not delayed: they still end the request.
     pub min_tokens: usize,
     /// Extra token ids that end generation (the model's end-of-turn tokens always do, unless
     /// `ignore_eos`).
