@@ -157,8 +157,12 @@ impl Server {
         let threads = tokio::select! {
             loaded = loading => match loaded {
                 Ok(Ok((ready, threads))) => {
-                    on_ready(&ready);
+                    // Serving first, then the ready line: a client that reacts to the line
+                    // must not get "loading".
                     let _ = load_state.ready.set(ready);
+                    if let Some(ready) = load_state.ready.get() {
+                        on_ready(ready);
+                    }
                     shutdown.as_mut().await;
                     threads
                 }
