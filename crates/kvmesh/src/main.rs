@@ -22,6 +22,7 @@ mod model_cmd;
 mod number_format;
 #[cfg(feature = "plot")]
 mod png_canvas;
+mod progress;
 mod serve;
 mod sim;
 

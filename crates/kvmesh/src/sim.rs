@@ -30,7 +30,6 @@ use kvmesh_sim::{
 use serde::Serialize;
 
 mod plot;
-mod progress;
 mod table;
 
 /// Simulate a fleet of inference workers behind a router: hit ratio, TTFT, balance
@@ -493,7 +492,7 @@ pub fn run(args: &SimArgs) -> Result<String> {
         Source::Generate(_) => "cannot generate the workload".to_string(),
     })?;
     let ideal = workload.ideal();
-    let progress = progress::Progress::new(
+    let progress = crate::progress::Progress::new(
         (workload.len() * plan.policies.len()) as u64,
         !args.json && std::io::stderr().is_terminal(),
     );

@@ -175,16 +175,20 @@ pub fn run(args: &LoadArgs) -> Result<String> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let bar = progress_bar((total * targets.len() * args.rounds.max(1) as usize) as u64);
+    use std::io::IsTerminal;
+    let bar = crate::progress::Progress::new(
+        (total * targets.len() * args.rounds.max(1) as usize) as u64,
+        std::io::stderr().is_terminal(),
+    );
     let mut per_target: Vec<(Vec<RequestRecord>, f64, Vec<ServerSide>)> =
         vec![(Vec::new(), 0.0, Vec::new()); targets.len()];
     let mut done_before = 0u64;
     for round in 0..args.rounds.max(1) {
         for (i, target) in targets.iter().enumerate() {
-            bar.set_message(format!("{target} (round {})", round + 1));
+            bar.start(&format!("{target} (round {})", round + 1));
             let (records, duration, side) =
                 runtime.block_on(run_target(args, target, &sessions, &|n| {
-                    bar.set_position(done_before + n)
+                    bar.set(done_before + n)
                 }))?;
             done_before += records.len() as u64;
             per_target[i].0.extend(records);
@@ -192,7 +196,7 @@ pub fn run(args: &LoadArgs) -> Result<String> {
             per_target[i].2.push(side);
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let reports: Vec<Report> = targets
         .iter()
         .zip(&per_target)
@@ -432,20 +436,4 @@ impl Drop for SpawnedServe {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    let target = if std::io::stderr().is_terminal() {
-        indicatif::ProgressDrawTarget::stderr()
-    } else {
-        indicatif::ProgressDrawTarget::hidden()
-    };
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), target);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:>24} [{wide_bar}] {pos}/{len} requests, eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
