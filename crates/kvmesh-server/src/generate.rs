@@ -35,7 +35,7 @@ use crate::openai::response::{
 };
 use crate::openai::{finish_reason_name, ApiError, Usage};
 use crate::state::{Admission, AppState, Ready};
-use crate::worker::{Submission, WorkerEvent};
+use crate::worker::{ChoiceOutput, Submission, WorkerEvent};
 
 /// Which endpoint asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +254,35 @@ fn usage(meta: &Meta, states: &[ChoiceState]) -> Usage {
     Usage::new(prompt, completion, cached)
 }
 
+/// The next output of any choice; an error when the engine failed a choice or the worker
+/// went away before the request finished.
+async fn next_output(
+    rx: &mut mpsc::UnboundedReceiver<WorkerEvent>,
+) -> Result<ChoiceOutput, ApiError> {
+    match rx.recv().await {
+        Some(WorkerEvent::Output(o)) => Ok(o),
+        Some(WorkerEvent::Failed { error, .. }) => Err(engine_error(error)),
+        None => Err(ApiError::internal(
+            "a worker stopped before finishing the request",
+        )),
+    }
+}
+
+/// Counts `o` into its choice's state and tells the router of the prompt's first token.
+/// `None` for a choice the request does not have; else whether `o` finished its choice.
+fn apply(
+    meta: &Meta,
+    states: &mut [ChoiceState],
+    in_flight: &mut InFlight,
+    o: &ChoiceOutput,
+) -> Option<bool> {
+    let s = states.get_mut(o.choice)?;
+    if o.token.is_some() {
+        in_flight.first_token(meta.prompt_of(o.choice));
+    }
+    Some(s.record(o.token, o.cached_tokens, o.finished))
+}
+
 fn engine_error(error: EngineError) -> ApiError {
     match error {
         EngineError::TooLong { .. }
@@ -273,29 +302,10 @@ async fn whole(
     let mut states = vec![ChoiceState::default(); meta.choices];
     let mut done = 0;
     while done < meta.choices {
-        let Some(event) = rx.recv().await else {
-            return Err(ApiError::internal(
-                "a worker stopped before finishing the request",
-            ));
-        };
-        match event {
-            WorkerEvent::Failed { error, .. } => return Err(engine_error(error)),
-            WorkerEvent::Output {
-                choice,
-                token,
-                text,
-                finished,
-                cached_tokens,
-            } => {
-                let Some(s) = states.get_mut(choice) else {
-                    continue;
-                };
-                if token.is_some() {
-                    in_flight.first_token(meta.prompt_of(choice));
-                }
-                s.text.push_str(&text);
-                done += usize::from(s.record(token, cached_tokens, finished));
-            }
+        let o = next_output(&mut rx).await?;
+        if let Some(newly_done) = apply(&meta, &mut states, &mut in_flight, &o) {
+            states[o.choice].text.push_str(&o.text);
+            done += usize::from(newly_done);
         }
     }
     drop(in_flight);
@@ -412,36 +422,27 @@ fn stream(
         while done < meta.choices {
             // A client that leaves while its request waits (no output yet) is noticed here
             // too, not only at the next send.
-            let event = tokio::select! {
-                event = rx.recv() => event,
+            let o = tokio::select! {
+                o = next_output(&mut rx) => o,
                 () = out.closed() => return,
             };
-            let Some(event) = event else {
-                let e = ApiError::internal("a worker stopped before finishing the request");
-                let _ = out.send(Event::default().data(e.body().to_string())).await;
-                break;
-            };
-            let (choice, token, text, finished, cached) = match event {
-                WorkerEvent::Failed { error, .. } => {
-                    let e = engine_error(error);
+            let o = match o {
+                Ok(o) => o,
+                Err(e) => {
                     let _ = out.send(Event::default().data(e.body().to_string())).await;
                     break;
                 }
-                WorkerEvent::Output {
-                    choice,
-                    token,
-                    text,
-                    finished,
-                    cached_tokens,
-                } => (choice, token, text, finished, cached_tokens),
             };
-            let Some(s) = states.get_mut(choice) else {
+            let Some(newly_done) = apply(&meta, &mut states, &mut in_flight, &o) else {
                 continue;
             };
-            if token.is_some() {
-                in_flight.first_token(meta.prompt_of(choice));
-            }
-            if s.record(token, cached, finished) {
+            let ChoiceOutput {
+                choice,
+                text,
+                finished,
+                ..
+            } = o;
+            if newly_done {
                 done += 1;
             } else if text.is_empty() {
                 continue; // nothing to show yet (a held-back stop string, a special token)

@@ -51,22 +51,26 @@ pub struct Submission {
     pub outputs: UnboundedSender<WorkerEvent>,
 }
 
+/// One step's output for one choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceOutput {
+    /// The choice.
+    pub choice: usize,
+    /// The token generated.
+    pub token: Option<u32>,
+    /// Text released with it.
+    pub text: String,
+    /// Set on the choice's last output.
+    pub finished: Option<FinishReason>,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
 /// What a worker sends back about one choice.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerEvent {
     /// A step's output.
-    Output {
-        /// The choice.
-        choice: usize,
-        /// The token generated.
-        token: Option<u32>,
-        /// Text released with it.
-        text: String,
-        /// Set on the choice's last output.
-        finished: Option<FinishReason>,
-        /// Prompt tokens served from the prefix cache.
-        cached_tokens: usize,
-    },
+    Output(ChoiceOutput),
     /// The engine refused or failed the choice.
     Failed {
         /// The choice.
@@ -256,13 +260,13 @@ impl WorkerLoop {
                 for (id, l) in self.live.drain() {
                     self.engine.abort(id);
                     self.metrics.count_finish("abort");
-                    let _ = l.outputs.send(WorkerEvent::Output {
+                    let _ = l.outputs.send(WorkerEvent::Output(ChoiceOutput {
                         choice: l.choice,
                         token: None,
                         text: String::new(),
                         finished: Some(FinishReason::Aborted),
                         cached_tokens: 0,
-                    });
+                    }));
                 }
             }
         }
@@ -323,13 +327,13 @@ impl WorkerLoop {
                 }
                 l.last_token = Some(now);
             }
-            let _ = l.outputs.send(WorkerEvent::Output {
+            let _ = l.outputs.send(WorkerEvent::Output(ChoiceOutput {
                 choice: l.choice,
                 token: out.token,
                 text: out.text,
                 finished: out.finished,
                 cached_tokens: out.cached_tokens,
-            });
+            }));
             if let Some(reason) = out.finished {
                 self.metrics
                     .e2e
