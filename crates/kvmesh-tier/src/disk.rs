@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvmesh_core::{SequenceHash, Tier};
 
 use crate::lru::Lru;
-use crate::storage::{PutOutcome, Storage, StorageError};
+use crate::storage::{check_fits, PutOutcome, Storage, StorageError};
 
 const SUFFIX: &str = ".kvb";
 const TMP_PREFIX: &str = ".tmp-";
@@ -104,10 +104,7 @@ impl DiskStore {
         for (_, key, size) in found {
             store.lru.insert(key, size);
         }
-        while store.lru.used() > capacity {
-            let Some(victim) = store.lru.oldest() else {
-                break;
-            };
+        for victim in store.lru.evict_over(capacity, None) {
             store.delete(victim)?;
             report.evicted += 1;
         }
@@ -143,12 +140,7 @@ impl Storage for DiskStore {
 
     fn put(&mut self, key: SequenceHash, record: &[u8]) -> Result<PutOutcome, StorageError> {
         let size = record.len() as u64;
-        if size > self.capacity {
-            return Err(StorageError::TooLarge {
-                size,
-                capacity: self.capacity,
-            });
-        }
+        check_fits(size, self.capacity)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
@@ -161,13 +153,16 @@ impl Storage for DiskStore {
             ));
         }
         let replaced = self.lru.insert(key, size).is_some();
-        let mut evicted = Vec::new();
-        while self.lru.used() > self.capacity {
-            let Some(victim) = self.lru.oldest_except(key) else {
-                break;
-            };
-            self.delete(victim)?;
-            evicted.push(victim);
+        let evicted = self.lru.evict_over(self.capacity, Some(key));
+        // Delete every victim's file even if one fails; report the first failure.
+        let mut first_error = None;
+        for &victim in &evicted {
+            if let Err(e) = self.delete(victim) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(PutOutcome { evicted, replaced })
     }

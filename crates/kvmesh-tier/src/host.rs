@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use kvmesh_core::{SequenceHash, Tier};
 
 use crate::lru::Lru;
-use crate::storage::{PutOutcome, Storage, StorageError};
+use crate::storage::{check_fits, PutOutcome, Storage, StorageError};
 
 /// Records in host memory, at most `capacity` bytes.
 #[derive(Debug)]
@@ -39,22 +39,12 @@ impl Storage for HostStore {
 
     fn put(&mut self, key: SequenceHash, record: &[u8]) -> Result<PutOutcome, StorageError> {
         let size = record.len() as u64;
-        if size > self.capacity {
-            return Err(StorageError::TooLarge {
-                size,
-                capacity: self.capacity,
-            });
-        }
+        check_fits(size, self.capacity)?;
         let replaced = self.lru.insert(key, size).is_some();
         self.records.insert(key, record.to_vec());
-        let mut evicted = Vec::new();
-        while self.lru.used() > self.capacity {
-            let Some(victim) = self.lru.oldest_except(key) else {
-                break;
-            };
-            self.lru.remove(victim);
-            self.records.remove(&victim);
-            evicted.push(victim);
+        let evicted = self.lru.evict_over(self.capacity, Some(key));
+        for victim in &evicted {
+            self.records.remove(victim);
         }
         Ok(PutOutcome { evicted, replaced })
     }

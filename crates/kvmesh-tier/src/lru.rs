@@ -42,14 +42,22 @@ impl Lru {
         Some(size)
     }
 
-    /// The least recently used key.
-    pub(crate) fn oldest(&self) -> Option<SequenceHash> {
-        self.order.values().next().copied()
-    }
-
-    /// The least recently used key, other than `keep`.
-    pub(crate) fn oldest_except(&self, keep: SequenceHash) -> Option<SequenceHash> {
-        self.order.values().copied().find(|&k| k != keep)
+    /// Forgets least recently used keys, never `keep`, until at most `capacity` bytes are
+    /// held; returns them, oldest first, for the caller to drop their bytes.
+    pub(crate) fn evict_over(
+        &mut self,
+        capacity: u64,
+        keep: Option<SequenceHash>,
+    ) -> Vec<SequenceHash> {
+        let mut evicted = Vec::new();
+        while self.used > capacity {
+            let Some(victim) = self.order.values().copied().find(|&k| Some(k) != keep) else {
+                break;
+            };
+            self.remove(victim);
+            evicted.push(victim);
+        }
+        evicted
     }
 
     pub(crate) fn contains(&self, key: SequenceHash) -> bool {

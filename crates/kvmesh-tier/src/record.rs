@@ -307,15 +307,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const PARTS: NamespaceParts<'static> = NamespaceParts {
+        model_sha256: "abc",
+        tokenizer: "bpe",
+        kv_dtype: "f16",
+        block_size: 4,
+        layout_version: 1,
+        hash_seed: 0,
+    };
+
     fn ns() -> Namespace {
-        Namespace::new(&NamespaceParts {
-            model_sha256: "abc",
-            tokenizer: "bpe",
-            kv_dtype: "f16",
-            block_size: 4,
-            layout_version: 1,
-            hash_seed: 0,
-        })
+        Namespace::new(&PARTS)
     }
 
     fn h(v: u128) -> SequenceHash {
@@ -339,14 +341,7 @@ mod tests {
 
         let other_ns = Namespace::new(&NamespaceParts {
             kv_dtype: "int8",
-            ..NamespaceParts {
-                model_sha256: "abc",
-                tokenizer: "bpe",
-                kv_dtype: "f16",
-                block_size: 4,
-                layout_version: 1,
-                hash_seed: 0,
-            }
+            ..PARTS
         });
         assert_ne!(other_ns, ns());
         let e = |w: Expected<'_>| decode(&rec, &w).unwrap_err();

@@ -33,6 +33,14 @@ pub enum StorageError {
     },
 }
 
+/// `Ok` when a record of `size` bytes can fit a store of `capacity` bytes at all.
+pub(crate) fn check_fits(size: u64, capacity: u64) -> Result<(), StorageError> {
+    if size > capacity {
+        return Err(StorageError::TooLarge { size, capacity });
+    }
+    Ok(())
+}
+
 /// What a successful `put` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOutcome {
